@@ -1,0 +1,171 @@
+"""The two measured sides of the benchmark, each run in a process of its own.
+
+`python bench/workers.py connector '<json spec>'` syncs the sandbox with the real engine;
+`python bench/workers.py baseline '<json spec>'` does the same job the naive way (sequential
+blocking requests, row-by-row upsert, one commit). Each prints one JSON line on stdout with
+its timings, counts and its own peak RSS, so the two sides' memory is never mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# The sandbox's credential for the meditrak_import dialect (its default token).
+SANDBOX_TOKEN = "sandbox-import-key"
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_connector(spec: dict[str, Any]) -> dict[str, Any]:
+    """A full sync into a fresh SQLite file, then (optionally) a no-change incremental re-sync."""
+    import asyncio
+
+    from connector.config import build_config
+    from connector.engine import Engine
+    from connector.logging import configure_logging
+    from connector.store import Store
+    from connector.store.store import sqlite_url_for
+
+    configure_logging("warning", "json")
+    http: dict[str, Any] = {"concurrency": spec["concurrency"]}
+    if spec.get("requests_per_minute"):
+        http["requests_per_minute"] = spec["requests_per_minute"]
+    source = {
+        "type": "meditrak_import",
+        "name": "bench",
+        "base_url": spec["url"],
+        "api_key": SANDBOX_TOKEN,
+        "fetch_detail": spec["fetch_detail"],
+        "page_size": spec["page_size"],
+        "http": http,
+    }
+    db = Path(spec["db"])
+    config = build_config({"store": {"url": str(db)}, "sources": [source]}, env={})
+    phases: dict[str, Any] = {}
+    with Store(sqlite_url_for(db)) as store:
+        engine = Engine(config, store)
+        names = ["full", "resync"] if spec.get("resync") else ["full"]
+        for phase in names:
+            started = time.perf_counter()
+            result = asyncio.run(engine.sync_source(config.source("bench")))
+            seconds = time.perf_counter() - started
+            if not result.ok:
+                raise SystemExit(f"connector {phase} sync failed: {result.error}")
+            phases[phase] = {
+                "seconds": seconds,
+                "requests": result.requests,
+                **result.counts.as_dict(),
+            }
+        stored = store.count_invoices()
+        quarantined = store.count_quarantined()
+    return {"phases": phases, "stored": stored, "quarantined": quarantined, "rss_mb": peak_rss_mb()}
+
+
+_BASELINE_SCHEMA = """
+CREATE TABLE invoice (
+    id TEXT PRIMARY KEY, invoice_number TEXT, invoice_date TEXT, total_amount TEXT,
+    status TEXT, facility TEXT, patient_name TEXT, policy_number TEXT, updated_at TEXT
+);
+CREATE TABLE invoice_item (
+    invoice_id TEXT NOT NULL REFERENCES invoice(id), line_no INTEGER NOT NULL,
+    category TEXT, description TEXT, quantity TEXT, unit_price TEXT, total TEXT,
+    PRIMARY KEY (invoice_id, line_no)
+);
+"""
+
+
+def _upsert_row_by_row(db: sqlite3.Connection, record: dict[str, Any]) -> str:
+    """SELECT, then INSERT or UPDATE the invoice; items deleted and re-inserted one by one."""
+    patient = record.get("patient") or {}
+    values = (
+        record.get("invoice_number"),
+        record.get("invoice_date"),
+        str(record.get("total_amount")),
+        record.get("status"),
+        record.get("facility"),
+        patient.get("name"),
+        patient.get("policy_number"),
+        record.get("updated_at"),
+    )
+    invoice_id = str(record["id"])
+    found = db.execute("SELECT id FROM invoice WHERE id = ?", (invoice_id,)).fetchone()
+    if found is None:
+        db.execute("INSERT INTO invoice VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (invoice_id, *values))
+        outcome = "inserted"
+    else:
+        db.execute(
+            "UPDATE invoice SET invoice_number = ?, invoice_date = ?, total_amount = ?,"
+            " status = ?, facility = ?, patient_name = ?, policy_number = ?, updated_at = ?"
+            " WHERE id = ?",
+            (*values, invoice_id),
+        )
+        db.execute("DELETE FROM invoice_item WHERE invoice_id = ?", (invoice_id,))
+        outcome = "updated"
+    for line_no, item in enumerate(record.get("items") or [], start=1):
+        db.execute(
+            "INSERT INTO invoice_item VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                invoice_id,
+                line_no,
+                item.get("category"),
+                item.get("description"),
+                str(item.get("quantity")),
+                str(item.get("unit_price")),
+                str(item.get("total")),
+            ),
+        )
+    return outcome
+
+
+def run_baseline(spec: dict[str, Any]) -> dict[str, Any]:
+    """Sequential list (+ one detail call per row), row-by-row upsert, one commit at the end."""
+    import requests
+
+    db = sqlite3.connect(spec["db"])
+    db.executescript(_BASELINE_SCHEMA)
+    base = spec["url"]
+    page_size = spec["page_size"]
+    counts = {"fetched": 0, "inserted": 0, "updated": 0, "requests": 0}
+    started = time.perf_counter()
+    with requests.Session() as http:
+        http.headers["Authorization"] = f"Bearer {SANDBOX_TOKEN}"
+        page = 1
+        while True:
+            response = http.get(f"{base}invoices", params={"page": page, "limit": page_size})
+            counts["requests"] += 1
+            response.raise_for_status()
+            rows = response.json()["data"]
+            for row in rows:
+                if spec["fetch_detail"]:
+                    detail = http.get(f"{base}invoices/{row['id']}")
+                    counts["requests"] += 1
+                    detail.raise_for_status()
+                    row = detail.json()
+                counts[_upsert_row_by_row(db, row)] += 1
+                counts["fetched"] += 1
+            if len(rows) < page_size:
+                break
+            page += 1
+    db.commit()
+    seconds = time.perf_counter() - started
+    db.close()
+    return {"phases": {"full": {"seconds": seconds, **counts}}, "rss_mb": peak_rss_mb()}
+
+
+def main(argv: list[str]) -> None:
+    side, spec = argv[0], json.loads(argv[1])
+    runner = {"connector": run_connector, "baseline": run_baseline}[side]
+    print(json.dumps(runner(spec)), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""Invoice Connector: vendor billing APIs in, validated MediTrak import records out."""

@@ -1,0 +1,412 @@
+"""The sync engine: wires adapter → mapping → validation → store for one source and one run.
+
+Each source runs in its own task; a failing source records its failure and the others go on.
+Within a run, fetching the next page overlaps with writing the previous batch, and every
+batch is written together with its checkpoint, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+
+from connector.adapter import Adapter, FetchRequest, SourcePage
+from connector.config import AppConfig, SourceConfig
+from connector.errors import ConnectorError, RecordError
+from connector.issues import Issue, Reason, errors_only
+from connector.mapping_kit import CategoryRules, MappingContext, SourceMapping
+from connector.model import Invoice
+from connector.registry import source_type
+from connector.store import Accepted, BatchCounts, Rejected, Store
+from connector.validation import PolicyCheck, normalized, validate_invoice
+
+log = structlog.get_logger("connector.engine")
+
+# Fault injection for the crash tests: exit the process hard after this many batches.
+EXIT_AFTER_BATCHES_ENV = "CONNECTOR_FAULT_EXIT_AFTER_BATCHES"
+
+TransportFactory = Callable[[SourceConfig], httpx.AsyncBaseTransport | None]
+
+
+class RunInterrupted(ConnectorError):
+    """A stop was requested (daemon shutdown, Ctrl-C): the run ended between two batches."""
+
+
+@dataclass
+class RunResult:
+    source: str
+    kind: str
+    ok: bool
+    run_id: int | None = None
+    error: str | None = None
+    counts: BatchCounts = field(default_factory=BatchCounts)
+    seconds: float = 0.0
+    requests: int = 0
+    resumed: bool = False
+    # Stopped on request between batches: recorded as "interrupted", resume point kept.
+    interrupted: bool = False
+
+
+@dataclass
+class Batch:
+    accepted: list[Accepted]
+    rejected: list[Rejected]
+    fetched: int
+    resume: dict[str, Any] | None
+
+
+def payload_key(raw: Any) -> str:
+    """A stable key for a record that carries no id of its own."""
+    try:
+        encoded = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        encoded = repr(raw).encode()
+    return "sha256:" + hashlib.sha256(encoded).hexdigest()
+
+
+# The store keeps quarantine keys of at most this many characters (PostgreSQL refuses longer).
+RECORD_KEY_LIMIT = 200
+
+
+def record_key(record_id: str | None, raw: Any) -> str:
+    """The quarantine key of a record: its id, or a digest of the payload when it has no id
+    or one too long to store (which would make the whole batch fail on PostgreSQL)."""
+    if record_id and len(record_id) <= RECORD_KEY_LIMIT:
+        return record_id
+    return payload_key(raw)
+
+
+class RecordProcessor:
+    """Mapping and validation of raw records for one source: pure, no I/O."""
+
+    def __init__(
+        self,
+        mapping: SourceMapping,
+        context: MappingContext,
+        policy_check: PolicyCheck | None = None,
+        resolve_policy: Callable[[Invoice], Invoice] | None = None,
+    ) -> None:
+        self.mapping = mapping
+        self.context = context
+        self.policy_check = policy_check
+        # Runs before validation: fills in the policy number of sources that carry none.
+        self.resolve_policy = resolve_policy
+
+    def process(self, raw: Any) -> tuple[Accepted | None, Rejected | None, datetime | None]:
+        try:
+            invoice = self.mapping.to_canonical(raw, self.context)
+            if self.resolve_policy is not None:
+                invoice = self.resolve_policy(invoice)
+        except RecordError as exc:
+            key = record_key(self.mapping.record_id(raw), raw)
+            return None, Rejected(key, raw, None, exc.issues), None
+        except Exception as exc:  # a mapping bug must quarantine the record, not lose it
+            known = self.mapping.record_id(raw) if isinstance(raw, dict) else None
+            issue = Issue(Reason.PAYLOAD_INVALID, "$", f"mapping failed: {type(exc).__name__}")
+            return None, Rejected(record_key(known, raw), raw, None, [issue]), None
+        issues = validate_invoice(invoice, self.policy_check)
+        if errors_only(issues):
+            key = record_key(invoice.id, raw)
+            return None, Rejected(key, raw, invoice, issues), invoice.source_updated_at
+        final = normalized(invoice)
+        return Accepted(final, final.content_hash()), None, invoice.source_updated_at
+
+
+class Engine:
+    def __init__(
+        self,
+        config: AppConfig,
+        store: Store,
+        *,
+        transport_factory: TransportFactory | None = None,
+        policy_check: PolicyCheck | None = None,
+        categorize: Callable[[SourceConfig], CategoryRules | None] | None = None,
+        resolve_policy: Callable[[Invoice], Invoice] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self._transport_factory = transport_factory
+        self._policy_check = policy_check
+        self._categorize = categorize
+        self._resolve_policy = resolve_policy
+        self._batches_written = 0
+        exit_after = os.environ.get(EXIT_AFTER_BATCHES_ENV)
+        self._exit_after = int(exit_after) if exit_after else None
+        self._stop = threading.Event()
+
+    def request_stop(self) -> None:
+        """End every run of this engine after the batch being written (from any thread)."""
+        self._stop.set()
+
+    def selected_sources(self, names: Sequence[str] | None = None) -> list[SourceConfig]:
+        if names:
+            return [self.config.source(name) for name in names]
+        return [s for s in self.config.sources if s.enabled]
+
+    async def sync(
+        self, names: Sequence[str] | None = None, *, full: bool = False
+    ) -> list[RunResult]:
+        """Sync the named (or all enabled) sources concurrently; never raises for one source."""
+        sources = self.selected_sources(names)
+        return list(await asyncio.gather(*(self.sync_source(s, full=full) for s in sources)))
+
+    def build_adapter(self, source: SourceConfig) -> Adapter:
+        transport = self._transport_factory(source) if self._transport_factory else None
+        return source_type(source.type).adapter_class().create(source, transport=transport)
+
+    def processor(self, source: SourceConfig) -> RecordProcessor:
+        mapping = source_type(source.type).mapping()
+        context = mapping.context(
+            source.name,
+            currency=source.currency,
+            status_overrides=source.status_map,
+            timezone=source.timezone,
+            categorize=self._categorize(source) if self._categorize else None,
+            options=mapping_options(source),
+        )
+        return RecordProcessor(mapping, context, self._policy_check, self._resolve_policy)
+
+    async def sync_source(
+        self,
+        source: SourceConfig,
+        *,
+        full: bool = False,
+        kind: str = "sync",
+        date_from: date | None = None,
+        date_to: date | None = None,
+    ) -> RunResult:
+        started = time.monotonic()
+        name = source.name
+        bound = log.bind(source=name, kind=kind)
+        result = RunResult(source=name, kind=kind, ok=False)
+        track_state = kind == "sync"
+        try:
+            state = await asyncio.to_thread(self.store.get_state, name)
+            if kind == "sync":
+                await asyncio.to_thread(self.store.mark_abandoned_runs, name)
+            adapter = self.build_adapter(source)
+            resume = state.resume if (track_state and not full) else None
+            if resume and resume.get("page_size", source.page_size) != source.page_size:
+                # Positions count pages of the old size: resuming would skip or repeat
+                # records. Starting over costs no writes for what is already stored.
+                bound.warning("sync.resume_discarded", reason="page_size changed")
+                resume = None
+            if resume:
+                since = _parse_time(resume.get("since"))
+                position = resume.get("position")
+                high_water = _parse_time(resume.get("high_water"))
+                result.resumed = True
+            else:
+                since = None
+                if track_state and not full and state.cursor and adapter.filters_since():
+                    since = state.cursor - source.lookback
+                position, high_water = None, None
+            request = FetchRequest(
+                since=since, date_from=date_from, date_to=date_to, resume=position
+            )
+            run_id = await asyncio.to_thread(self.store.start_run, name, kind, state.cursor)
+            result.run_id = run_id
+            bound = bound.bind(run_id=run_id)
+        except ConnectorError as exc:
+            result.error = str(exc)
+            bound.error("sync.failed", error=result.error)
+            return result
+        processor = self.processor(source)
+        try:
+            async with adapter:
+                high_water = await self._run_pages(
+                    adapter,
+                    processor,
+                    request,
+                    since,
+                    high_water,
+                    run_id,
+                    name,
+                    track_state,
+                    result,
+                )
+                result.requests = adapter.client.stats.requests
+            cursor_after = _later(state.cursor, high_water) if track_state else None
+            await asyncio.to_thread(
+                self.store.finish_run,
+                run_id,
+                name,
+                status="ok",
+                cursor_after=cursor_after,
+                clear_resume=True,
+                track_state=track_state,
+            )
+            result.ok = True
+        except (ConnectorError, httpx.HTTPError) as exc:
+            result.error = str(exc) or type(exc).__name__
+            result.interrupted = isinstance(exc, RunInterrupted)
+        except Exception as exc:  # keep other sources alive whatever happened here
+            bound.exception("sync.crashed")
+            result.error = f"internal error: {type(exc).__name__}: {exc}"
+        if not result.ok:
+            try:
+                await asyncio.to_thread(
+                    self.store.finish_run,
+                    run_id,
+                    name,
+                    status="interrupted" if result.interrupted else "failed",
+                    error=result.error,
+                    track_state=track_state,
+                )
+            except ConnectorError as exc:
+                result.error = f"{result.error}; and recording the failure failed: {exc}"
+        result.seconds = time.monotonic() - started
+        # `resumed`: this run continued from the checkpoint of an unfinished one.
+        summary = {
+            **result.counts.as_dict(),
+            "resumed": result.resumed,
+            "seconds": round(result.seconds, 3),
+        }
+        if result.ok:
+            bound.info("sync.finished", status="ok", requests=result.requests, **summary)
+        else:
+            status = "interrupted" if result.interrupted else "failed"
+            bound.error("sync.failed", status=status, error=result.error, **summary)
+        return result
+
+    async def _run_pages(
+        self,
+        adapter: Adapter,
+        processor: RecordProcessor,
+        request: FetchRequest,
+        since: datetime | None,
+        high_water: datetime | None,
+        run_id: int,
+        name: str,
+        track_state: bool,
+        result: RunResult,
+    ) -> datetime | None:
+        pending: asyncio.Task[BatchCounts] | None = None
+        pages = adapter.fetch_pages(request)
+        try:
+            async for page in pages:
+                batch, page_high = self._build_batch(processor, page)
+                high_water = _later(high_water, page_high)
+                batch.resume = (
+                    {
+                        "since": _iso(since),
+                        "position": page.position,
+                        "high_water": _iso(high_water),
+                        "page_size": adapter.config.page_size,
+                    }
+                    if page.position is not None
+                    else None
+                )
+                if pending is not None:
+                    result.counts.add(await asyncio.shield(pending))
+                    pending = None
+                    self._after_batch()
+                    self._stop_if_requested()
+                pending = asyncio.create_task(
+                    asyncio.to_thread(self._write, run_id, name, batch, track_state)
+                )
+            if pending is not None:
+                result.counts.add(await pending)
+                pending = None
+                self._after_batch()
+        finally:
+            try:
+                # Closed now, not when collected: the adapter's detail calls in flight end here.
+                aclose = getattr(pages, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            finally:
+                if pending is not None:
+                    # Never abandon a batch mid-write: let the transaction finish (or fail).
+                    result.counts.add(await asyncio.shield(pending))
+        return high_water
+
+    def _write(self, run_id: int, name: str, batch: Batch, track_state: bool) -> BatchCounts:
+        return self.store.write_batch(
+            run_id,
+            name,
+            batch.accepted,
+            batch.rejected,
+            fetched=batch.fetched,
+            resume=batch.resume,
+            track_state=track_state,
+        )
+
+    def _after_batch(self) -> None:
+        self._batches_written += 1
+        if self._exit_after is not None and self._batches_written >= self._exit_after:
+            os._exit(99)
+
+    def _stop_if_requested(self) -> None:
+        # Checked only between batches, after one and its checkpoint are committed; a run
+        # whose last page is already written finishes normally instead.
+        if self._stop.is_set():
+            raise RunInterrupted("stopped on request between batches; the next run resumes")
+
+    def _build_batch(
+        self, processor: RecordProcessor, page: SourcePage
+    ) -> tuple[Batch, datetime | None]:
+        accepted: list[Accepted] = []
+        rejected: list[Rejected] = []
+        high: datetime | None = None
+        seen: dict[str, str] = {}
+        for raw in page.records:
+            ok, bad, updated_at = processor.process(raw)
+            if ok is not None:
+                earlier = seen.setdefault(ok.invoice.id, ok.content_hash)
+                if earlier != ok.content_hash:
+                    # Two different versions of one id in one answer: neither is trustworthy
+                    # as "the" invoice, so the later copy waits in quarantine for review.
+                    issue = Issue(
+                        Reason.DUPLICATE_IN_RUN,
+                        "id",
+                        f"invoice id {ok.invoice.id!r} came twice with different content",
+                    )
+                    rejected.append(Rejected(ok.invoice.id + "#duplicate", raw, None, [issue]))
+                else:
+                    accepted.append(ok)
+            elif bad is not None:
+                rejected.append(bad)
+            high = _later(high, updated_at)
+        for failure in page.failures:
+            key = record_key(failure.record_key, failure.raw)
+            rejected.append(Rejected(key, failure.raw, None, [failure.issue]))
+        fetched = len(page.records) + len(page.failures)
+        return Batch(accepted, rejected, fetched, None), high
+
+
+def mapping_options(source: SourceConfig) -> dict[str, Any]:
+    """Source settings a mapping may read (plain data only)."""
+    options = getattr(source, "mapping_options", None)
+    return dict(options) if isinstance(options, dict) else {}
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) and value else None
+
+
+def issues_summary(issues: Sequence[Issue]) -> str:
+    return ", ".join(sorted({i.code.value for i in issues}))

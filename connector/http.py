@@ -1,0 +1,390 @@
+"""One HTTP client per source: auth, concurrency bound, rate limit, retries, JSON decoding.
+
+Every request of an adapter goes through `SourceClient.request`, the single place where an
+HTTP answer becomes data, a retry (timeouts, connection errors, 429, 5xx; `Retry-After`
+honoured), or an error that stops the source (`AuthError`, `ContractError`, `SourceError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from functools import cache
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+from aiohttp import ClientSession
+from httpx_aiohttp import AiohttpTransport
+
+from connector.config import HttpSettings
+from connector.errors import (
+    AuthError,
+    ContractError,
+    RetriableError,
+    RetriesExhausted,
+    SourceError,
+)
+
+log = structlog.get_logger("connector.http")
+
+RETRIABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# The vendor counts a request when it arrives, a little after we start it: a window this much
+# longer than the vendor's keeps arrival jitter from ever putting one request over the limit.
+RATE_WINDOW_MARGIN_S = 1.0
+
+
+@cache
+def verified_tls_context() -> ssl.SSLContext:
+    """One certificate-verifying TLS context per process: building one costs ~100 ms of CPU,
+    which every client (each run, each backfill window) would otherwise pay again."""
+    return httpx.create_ssl_context(verify=True)
+
+
+class VendorHttpError(SourceError):
+    """A non-retriable HTTP error answer; `status` lets adapters treat e.g. a 404 per record."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SlidingWindowLimiter:
+    """At most `limit` request starts in any `window` seconds: exact, never a burst over."""
+
+    def __init__(self, limit: int, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._starts: deque[float] = deque()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                while self._starts and now - self._starts[0] >= self.window:
+                    self._starts.popleft()
+                if len(self._starts) < self.limit:
+                    self._starts.append(now)
+                    return
+                await asyncio.sleep(self.window - (now - self._starts[0]) + 0.001)
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """`Retry-After` as seconds, whether given as a number or an HTTP date."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+ErrorDescriber = Callable[[httpx.Response], str | None]
+
+
+def describe_json_error(response: httpx.Response) -> str | None:
+    """A vendor's own error message from common JSON error bodies (MediTrak, NestJS, FastAPI)."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    parts = []
+    for key in ("code", "error", "message", "detail", "error_description"):
+        value = body.get(key)
+        if isinstance(value, str | int) and str(value):
+            parts.append(str(value))
+        elif isinstance(value, list) and value:
+            parts.append("; ".join(_error_entry(v) for v in value[:5]))
+    return " - ".join(dict.fromkeys(parts))[:300] or None
+
+
+def _error_entry(entry: Any) -> str:
+    """One entry of a list of errors; validation errors name location and message only (some
+    frameworks echo the rejected input, which may be a password)."""
+    if isinstance(entry, dict):
+        loc = ".".join(str(p) for p in entry.get("loc", []) if p != "body")
+        msg = str(entry.get("msg") or entry.get("message") or "invalid")
+        return f"{loc}: {msg}" if loc else msg
+    return str(entry)
+
+
+@dataclass
+class RequestStats:
+    requests: int = 0
+    retries: int = 0
+    max_in_flight: int = 0
+    in_flight: int = 0
+
+
+class CountedAiohttpTransport(AiohttpTransport):
+    """aiohttp's transport without its hidden resend. aiohttp quietly sends an idempotent
+    request a second time when a reused keep-alive connection drops (RFC 9112 9.3.1); that
+    attempt would bypass the rate limiter and the retry budget, which must count every attempt,
+    so a dropped connection surfaces as a transport error and `SourceClient` retries it.
+
+    TLS: the base class builds its connector with `httpx.create_ssl_context(verify=True)`, so
+    certificates and host names are verified exactly as with httpx's own transport."""
+
+    def get_client(self) -> ClientSession:
+        session = super().get_client()
+        session._retry_connection = False
+        return session
+
+
+class _SetCookieCookies(httpx.Cookies):
+    """httpx's cookie jar, minus the urllib round trip it makes for every answer: an answer
+    without `Set-Cookie` (nearly all of them) cannot change the jar, so it is skipped. That
+    round trip was about a seventh of the client's CPU per request (docs/performance.md)."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        headers = response.headers
+        if "set-cookie" in headers or "set-cookie2" in headers:
+            super().extract_cookies(response)
+
+
+class SourceClient:
+    """An httpx.AsyncClient bound to one source's base URL, auth and limits."""
+
+    def __init__(
+        self,
+        base_url: str,
+        settings: HttpSettings,
+        *,
+        auth: httpx.Auth | None = None,
+        headers: Mapping[str, str] | None = None,
+        describe_error: ErrorDescriber = describe_json_error,
+        transport: httpx.AsyncBaseTransport | None = None,
+        source: str = "",
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self._describe_error = describe_error
+        self._semaphore = asyncio.Semaphore(settings.concurrency)
+        self._limiter = (
+            SlidingWindowLimiter(settings.requests_per_minute, 60.0 + RATE_WINDOW_MARGIN_S)
+            if settings.requests_per_minute
+            else None
+        )
+        self.stats = RequestStats()
+        timeout = settings.timeout.total_seconds()
+        limits = httpx.Limits(
+            max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency
+        )
+        if transport is None and settings.transport == "aiohttp":
+            transport = CountedAiohttpTransport(limits=limits)
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            auth=auth,
+            headers={
+                "Accept": "application/json",
+                "User-Agent": "invoice-connector/0.1",
+                **(headers or {}),
+            },
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=limits,
+            transport=transport,
+            verify=verified_tls_context(),
+            follow_redirects=False,
+        )
+        # httpx's `cookies` setter copies into a plain jar, so the cheaper one is set directly.
+        self._client._cookies = _SetCookieCookies(self._client.cookies)
+
+    @property
+    def base_url(self) -> httpx.URL:
+        return self._client.base_url
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> SourceClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    async def get_json(self, url: str, params: Mapping[str, Any] | None = None) -> Any:
+        response = await self.request("GET", url, params=params)
+        return decode_json(response)
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """Send with retries; return a 2xx response or raise a `SourceError`.
+
+        Retried: `RetriableError` (429, 5xx, ...) and transport errors, up to `max_retries`
+        more attempts, each after a full-jitter backoff or the vendor's `Retry-After`. A plain
+        loop rather than a retry library's controller: the first attempt, which nearly every
+        request stops at, then costs nothing beyond the send (docs/performance.md)."""
+        attempts = self.settings.max_retries + 1
+        attempt = 1
+        while True:
+            try:
+                return await self._send_once(method, url, **kwargs)
+            except (RetriableError, httpx.TransportError) as exc:
+                if attempt >= attempts:
+                    raise RetriesExhausted(
+                        f"{method} {_path(url)} still failing after {attempts} attempts: "
+                        + (
+                            describe_transport_error(exc)
+                            if isinstance(exc, httpx.TransportError)
+                            else str(exc)
+                        )
+                    ) from None
+                delay = self.retry_delay(attempt, exc)
+                self._log_retry(attempt, exc)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    @asynccontextmanager
+    async def stream(self, method: str, url: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
+        """One streamed request (no retries: the caller decides how to resume) under the same
+        rate limit, concurrency bound and status classification as `request`."""
+        url = self.resolve(url)
+        async with self._slot(), self._client.stream(method, url, **kwargs) as response:
+            if not 200 <= response.status_code < 300:
+                await response.aread()
+                self._classify(method, url, response)
+            yield response
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """One request's place under the concurrency bound and the rate limit, counted."""
+        async with self._semaphore:
+            # Stamped inside the concurrency bound, i.e. when the request really leaves: a
+            # burst queued behind the semaphore must not count as sent before it is.
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            self.stats.requests += 1
+            self.stats.in_flight += 1
+            self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+            try:
+                yield
+            finally:
+                self.stats.in_flight -= 1
+
+    def resolve(self, url: str) -> str:
+        """A vendor link as a URL we may call: root-relative links ("/v1/...") are resolved
+        against the host (httpx would append them to the base path), and absolute links must
+        stay on the source's host, which is the only one that may see our credentials."""
+        if url.startswith("/"):
+            return str(self._client.base_url.join(url))
+        if "://" in url:
+            target, base = httpx.URL(url), self._client.base_url
+            if (target.scheme, target.host, target.port) != (base.scheme, base.host, base.port):
+                raise ContractError(f"refusing to follow a link to another host: {target.host}")
+        return url
+
+    async def _send_once(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        url = self.resolve(url)
+        async with self._slot():
+            response = await self._client.request(method, url, **kwargs)
+        self._classify(method, url, response)
+        return response
+
+    def _classify(self, method: str, url: str, response: httpx.Response) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        said = self._describe_error(response)
+        detail = f"{status} from {method} {_path(url)}" + (f": {said}" if said else "")
+        if status in RETRIABLE_STATUS:
+            retry_after = retry_after_seconds(response)
+            limit = self.settings.max_retry_after.total_seconds()
+            if retry_after is not None and retry_after > limit:
+                raise SourceError(f"{detail} (Retry-After {retry_after:.0f}s exceeds {limit:.0f}s)")
+            raise RetriableError(detail, retry_after=retry_after)
+        if status in (401, 403):
+            raise AuthError(f"{detail} - the credentials were rejected")
+        if 300 <= status < 400:
+            location = response.headers.get("Location", "?")
+            raise ContractError(f"{detail} - redirected to {location}; check base_url and paths")
+        raise VendorHttpError(detail, status=status)
+
+    def retry_delay(self, attempt: int, error: BaseException) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based), counted as a retry:
+        the vendor's Retry-After when given, else full-jitter exponential backoff."""
+        self.stats.retries += 1
+        if isinstance(error, RetriableError) and error.retry_after is not None:
+            return error.retry_after
+        base = self.settings.backoff_base.total_seconds()
+        ceiling = self.settings.backoff_max.total_seconds()
+        # Full jitter: spreads the retries of concurrent requests instead of syncing them.
+        return float(random.uniform(0, min(ceiling, base * 2 ** (attempt - 1))))
+
+    def _log_retry(self, attempt: int, error: BaseException) -> None:
+        log.debug(
+            "http.retry",
+            source=self.source,
+            attempt=attempt,
+            error=describe_transport_error(error)
+            if isinstance(error, httpx.TransportError)
+            else str(error),
+        )
+
+
+def describe_transport_error(error: BaseException | None) -> str:
+    if error is None:
+        return "unknown error"
+    kinds: dict[type[BaseException], str] = {
+        httpx.ConnectTimeout: "connect timeout",
+        httpx.ReadTimeout: "read timeout",
+        httpx.ConnectError: "cannot connect",
+        httpx.RemoteProtocolError: "connection dropped",
+    }
+    kind = kinds.get(type(error))
+    # httpx-aiohttp maps aiohttp's errors coarsely (a refused connection arrives as a connect
+    # timeout): the original aiohttp error, kept as the cause, says what really happened.
+    cause = type(error.__cause__).__name__ if error.__cause__ is not None else ""
+    kind = {
+        "ClientConnectorError": "cannot connect",
+        "ClientConnectorDNSError": "cannot resolve host",
+        "ClientConnectorCertificateError": "TLS certificate rejected",
+        "ClientSSLError": "TLS handshake failed",
+        "ServerDisconnectedError": "connection dropped",
+        "ConnectionTimeoutError": "connect timeout",
+        "SocketTimeoutError": "read timeout",
+    }.get(cause, kind)
+    text = str(error) or error.__class__.__name__
+    return f"{kind}: {text}" if kind else text
+
+
+def decode_json(response: httpx.Response) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        pass
+    # orjson refuses valid JSON it cannot represent (integers beyond 64 bits): one record
+    # with a 400-digit amount must be quarantined, not make its whole page unreadable.
+    try:
+        return json.loads(response.content, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        kind = response.headers.get("Content-Type", "no content type")
+        start = response.content[:60].decode("utf-8", "replace").replace("\n", " ")
+        raise ContractError(
+            f"{response.request.method} {response.request.url.path} answered non-JSON "
+            f"({kind}, {len(response.content)} bytes, starting {start!r})"
+        ) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _path(url: str) -> str:
+    return url.split("?", 1)[0]

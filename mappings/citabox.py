@@ -1,0 +1,151 @@
+"""Mapping of CitaBox (Costa Rica) invoices to the canonical invoice.
+
+A CitaBox invoice is flat: integer CRC cents, one free-text Spanish `service_description` and
+no line items, a payment status and a Hacienda e-invoice status. It becomes one canonical item
+(quantity 1 x the invoice total) that the category rules classify from its description.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from connector.mapping_kit import (
+    Cents,
+    MappingContext,
+    OptionalText,
+    SourceMapping,
+    Text,
+    Timestamp,
+    id_field,
+    parse_payload,
+    to_utc,
+)
+from connector.model import Invoice, InvoiceStatus, LineItem, Patient
+
+
+class PatientPayload(BaseModel):
+    """The embedded `patient` object. CitaBox does not document its shape; the names below
+    are what its Prisma-style models use, with `full_name`/`name` accepted as fallbacks."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: OptionalText = None
+    first_name: OptionalText = None
+    last_name: OptionalText = None
+    full_name: OptionalText = None
+    name: OptionalText = None
+
+    def display_name(self) -> str | None:
+        parts = [p for p in (self.first_name, self.last_name) if p]
+        if parts:
+            return " ".join(parts)
+        return self.full_name or self.name
+
+
+class CitaBoxInvoicePayload(BaseModel):
+    """One element of `GET /billing/invoices` (snake_case, but camelCase timestamps)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: Text
+    clinic_id: OptionalText = None
+    patient_id: OptionalText = None
+    appointment_id: OptionalText = None
+    hacienda_consecutive: OptionalText = None
+    numeric_key: OptionalText = None
+    total_amount: Cents
+    service_description: OptionalText = None
+    hacienda_status: Text
+    payment_status: Text
+    payment_method: OptionalText = None
+    payment_reference: OptionalText = None
+    paid_amount: Cents | None = None
+    paid_at: Timestamp | None = None
+    notes: OptionalText = None
+    created_at: Timestamp = Field(alias="createdAt")
+    updated_at: Timestamp | None = Field(None, alias="updatedAt")
+    patient: PatientPayload | None = None
+
+
+def status_word(payment_status: str, hacienda_status: str) -> str:
+    """The source status word: both vendor words, so a `status_map` override can target e.g.
+    `UNPAID/REJECTED` alone."""
+    return f"{payment_status}/{hacienda_status}"
+
+
+# The status rule: money received decides (PAID -> paid; PARTIAL -> unpaid, paid_amount kept).
+# With nothing paid, an invoice is only due once Hacienda accepted it: a DRAFT (not submitted
+# yet) or REJECTED (must be corrected and re-issued) e-invoice is not yet a valid tax document,
+# so it is `pending`. CitaBox has no cancel/void word. Unknown words in either half map to
+# nothing, so validation reports STATUS_UNMAPPED instead of a guess.
+STATUS_MAP: dict[str, InvoiceStatus] = {
+    status_word("PAID", "ACCEPTED"): InvoiceStatus.PAID,
+    status_word("PAID", "DRAFT"): InvoiceStatus.PAID,
+    status_word("PAID", "REJECTED"): InvoiceStatus.PAID,
+    status_word("PARTIAL", "ACCEPTED"): InvoiceStatus.UNPAID,
+    status_word("PARTIAL", "DRAFT"): InvoiceStatus.UNPAID,
+    status_word("PARTIAL", "REJECTED"): InvoiceStatus.UNPAID,
+    status_word("UNPAID", "ACCEPTED"): InvoiceStatus.UNPAID,
+    status_word("UNPAID", "DRAFT"): InvoiceStatus.PENDING,
+    status_word("UNPAID", "REJECTED"): InvoiceStatus.PENDING,
+}
+
+
+def service_item(total: Decimal, description: str | None, ctx: MappingContext) -> LineItem:
+    """The invoice's one service as a canonical item. CitaBox has no category word of its own,
+    so the rules see only the (Spanish) description."""
+    match = ctx.categorize(None, description)
+    return LineItem(
+        category=match.category,
+        description=description,
+        quantity=Decimal(1),
+        unit_price=total,
+        total=total,
+        source_category=None,
+        category_rule=match.rule,
+    )
+
+
+def local_date(moment: datetime, ctx: MappingContext) -> date:
+    """The calendar date of a timestamp in the clinic's time zone (config `timezone`): an
+    invoice created at 21:00 in San José is dated that day, not the next UTC day."""
+    return to_utc(moment, ctx.timezone).astimezone(ctx.timezone).date()
+
+
+def to_canonical(raw: Any, ctx: MappingContext) -> Invoice:
+    record = parse_payload(CitaBoxInvoicePayload, raw)
+    word = status_word(record.payment_status, record.hacienda_status)
+    facility = ctx.options.get("facility")
+    return Invoice(
+        source=ctx.source,
+        id=record.id,
+        # Drafts have no Hacienda consecutive yet; the CitaBox id is then the only number.
+        invoice_number=record.hacienda_consecutive or record.id,
+        invoice_date=local_date(record.created_at, ctx),
+        total_amount=record.total_amount,
+        paid_amount=record.paid_amount,
+        # CitaBox bills in colones only and carries no currency field.
+        currency=ctx.currency,
+        status=ctx.map_status(word),
+        source_status=word,
+        facility=facility if isinstance(facility, str) and facility else None,
+        patient=Patient(
+            name=record.patient.display_name() if record.patient else None,
+            policy_number=None,
+            source_ref=record.patient_id or (record.patient.id if record.patient else None),
+        ),
+        items=(service_item(record.total_amount, record.service_description, ctx),),
+        source_updated_at=to_utc(record.updated_at, ctx.timezone) if record.updated_at else None,
+    )
+
+
+MAPPING = SourceMapping(
+    vendor="citabox",
+    status_map=STATUS_MAP,
+    to_canonical=to_canonical,
+    record_id=id_field("id"),
+)
