@@ -55,8 +55,11 @@ def test_a_store_that_refuses_writes_fails_clearly_and_stays_intact(
             runs_before = len(store.runs())
         for name in NAMES:
             dataset = server.dataset(name)
-            for invoice_id in dataset.ids()[:40]:
-                dataset.mutate(invoice_id)
+            # A full disk still takes a write that fits in the pages the file already has (an
+            # in-place update can), so that case brings only new invoices, which need new pages.
+            if condition != "disk_full":
+                for invoice_id in dataset.ids()[:40]:
+                    dataset.mutate(invoice_id)
             for _ in range(300):
                 dataset.add()
 
