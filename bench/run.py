@@ -5,7 +5,8 @@
 
 The sandbox runs as a subprocess (its own GIL); each measured side runs in a process of its own
 (`bench/workers.py`) and reports its own peak RSS. Results go to
-bench/results/<date>-<machine>.json plus a table on stdout. Targets are reported, never asserted.
+bench/results/<date>-<HHMM>-<machine>.json plus a table on stdout. Targets are reported, never
+asserted.
 """
 
 from __future__ import annotations
@@ -315,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""
-    path = args.out / f"{started:%Y-%m-%d}-{document['machine']['hostname']}{suffix}.json"
+    # The time of day keeps two runs of one day apart: a results file is never overwritten.
+    stamp = f"{started:%Y-%m-%d-%H%M}"
+    path = args.out / f"{stamp}-{document['machine']['hostname']}{suffix}.json"
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     print(table(results))
     print()

@@ -180,6 +180,46 @@ def test_items_are_replaced_together_with_their_invoice(store: Store) -> None:
     assert rows == 3
 
 
+def test_changed_invoices_of_one_batch_each_get_their_own_new_content(store: Store) -> None:
+    """Changed rows are written by one executemany: no row may take another's values, every
+    field is rewritten, and first_seen_at stays that of the first write."""
+    run = store.start_run(SOURCE, "sync", None)
+    ids = [f"C{n:03d}" for n in range(60)]
+    write(store, run, [make(i) for i in ids])
+    with store.engine.connect() as conn:
+        from connector.store.schema import invoice
+
+        query = select(invoice.c.source_id, invoice.c.first_seen_at)
+        first_seen = {r.source_id: r.first_seen_at for r in conn.execute(query)}
+    later = store.start_run(SOURCE, "sync", None)
+    changed = [
+        make(
+            i,
+            line(
+                1, description=f"Changed {i}", unit_price=Decimal(n + 1), total=Decimal(2 * n + 2)
+            ),
+            invoice_number=f"M-{i}",
+            invoice_date=date(2025, 4, 1) + timedelta(days=n),
+            paid_amount=Decimal(n),
+            status=InvoiceStatus.UNPAID,
+            source_status="open",
+            facility=f"Clinic {n}",
+            patient=Patient(name=f"Name {n}", policy_number=f"POL-{n:06d}", source_ref=f"P{n}"),
+            source_updated_at=datetime(2025, 5, 1, tzinfo=UTC) + timedelta(minutes=n),
+        )
+        for n, i in enumerate(ids)
+    ]
+    assert write(store, later, changed)["updated"] == len(ids)
+    back = stored(store)
+    for expected in changed:
+        assert back[expected.id] == expected
+        assert store.content_hashes(SOURCE)[expected.id] == expected.content_hash()
+    with store.engine.connect() as conn:
+        rows = {r.source_id: r for r in conn.execute(select(invoice))}
+    assert {i: r.first_seen_at for i, r in rows.items()} == first_seen
+    assert {r.last_run_id for r in rows.values()} == {later}
+
+
 def test_last_copy_of_an_id_within_one_batch_wins(store: Store) -> None:
     run = store.start_run(SOURCE, "sync", None)
     counts = write(store, run, [make("A", facility="first"), make("A", facility="second")])

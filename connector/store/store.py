@@ -24,6 +24,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -414,12 +415,11 @@ class Store:
                 )
         if changed:
             changed_ids = [a.invoice.id for a in changed]
-            for a in changed:
-                conn.execute(
-                    update(invoice)
-                    .where(invoice.c.source == source, invoice.c.source_id == a.invoice.id)
-                    .values(_invoice_row(a, run_id, now))
-                )
+            # One compiled statement, one driver executemany (was one compiled UPDATE per row).
+            conn.execute(
+                _INVOICE_UPDATE,
+                [_keyed(_invoice_row(a, run_id, now), _INVOICE_KEY) for a in changed],
+            )
             for chunk in _chunks(changed_ids):
                 conn.execute(
                     delete(invoice_item).where(
@@ -481,14 +481,13 @@ class Store:
                     for r in fresh
                 ],
             )
-        for key in keys:
-            if key in existing:
-                conn.execute(
-                    update(quarantine)
-                    .where(quarantine.c.source == source, quarantine.c.record_key == key)
-                    .values(_quarantine_row(by_key[key], run_id, now))
-                    .values(attempts=quarantine.c.attempts + 1)
-                )
+        seen_again = [
+            _keyed(_quarantine_row(by_key[key], run_id, now) | {"source": source}, _QUARANTINE_KEY)
+            for key in keys
+            if key in existing
+        ]
+        if seen_again:
+            conn.execute(_QUARANTINE_UPDATE, seen_again)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self)
@@ -819,6 +818,30 @@ def _describe_store_failure(exc: SQLAlchemyError) -> str:
     return f"store write failed, nothing of this batch was kept: {detail}{hint}"
 
 
+def _keyed_update(
+    table: Table,
+    key: tuple[str, ...],
+    assigned: tuple[str, ...],
+    kept: tuple[str, ...],
+    **extra: Any,
+) -> Any:
+    """UPDATE of `assigned` columns by `key`, for executemany with `_keyed` rows: the key
+    columns bind as "k_<name>" in WHERE, the assigned ones as "v_<name>" in SET (a bind
+    parameter may not share its name with a column that SET assigns). Every column must be
+    named somewhere, so that a column added to the schema cannot be silently left stale."""
+    named = {*key, *assigned, *kept, *extra}
+    if named != set(table.c.keys()):
+        raise RuntimeError(f"the update of {table.name} does not account for every column")
+    where = [table.c[name] == bindparam(f"k_{name}") for name in key]
+    values = {name: bindparam(f"v_{name}", type_=table.c[name].type) for name in assigned}
+    return update(table).where(*where).values(values).values(extra)
+
+
+def _keyed(row: dict[str, Any], key: tuple[str, ...]) -> dict[str, Any]:
+    """A row's values under the bind names of `_keyed_update`."""
+    return {(f"k_{name}" if name in key else f"v_{name}"): value for name, value in row.items()}
+
+
 def _invoice_row(a: Accepted, run_id: int, now: datetime) -> dict[str, Any]:
     inv = a.invoice
     return {
@@ -870,6 +893,39 @@ def _quarantine_row(r: Rejected, run_id: int, now: datetime) -> dict[str, Any]:
         "last_run_id": run_id,
     }
 
+
+_INVOICE_KEY = ("source", "source_id")
+_QUARANTINE_KEY = ("source", "record_key")
+# Exactly the columns `_invoice_row` / `_quarantine_row` carry: first_seen_at is kept.
+_INVOICE_UPDATE = _keyed_update(
+    invoice,
+    _INVOICE_KEY,
+    (
+        "invoice_number",
+        "invoice_date",
+        "total_amount",
+        "paid_amount",
+        "currency",
+        "status",
+        "source_status",
+        "facility",
+        "patient_name",
+        "policy_number",
+        "patient_ref",
+        "source_updated_at",
+        "content_hash",
+        "written_at",
+        "last_run_id",
+    ),
+    kept=("first_seen_at",),
+)
+_QUARANTINE_UPDATE = _keyed_update(
+    quarantine,
+    _QUARANTINE_KEY,
+    ("raw_payload", "canonical", "issues", "reason_codes", "last_seen_at", "last_run_id"),
+    kept=("id", "first_seen_at"),
+    attempts=quarantine.c.attempts + 1,
+)
 
 __all__ = ["Store", "schema", "sqlite_url_for"]
 
