@@ -32,10 +32,13 @@ def run_connector(spec: dict[str, Any]) -> dict[str, Any]:
     from connector.config import build_config
     from connector.engine import Engine
     from connector.logging import configure_logging
+    from connector.runtime import tune_garbage_collector
     from connector.store import Store
     from connector.store.store import sqlite_url_for
 
     configure_logging("warning", "json")
+    # As the `connector` command does at start-up.
+    tune_garbage_collector()
     http: dict[str, Any] = {"concurrency": spec["concurrency"]}
     if spec.get("requests_per_minute"):
         http["requests_per_minute"] = spec["requests_per_minute"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import gc
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ from connector.config import AppConfig, SourceConfig, load_config
 from connector.engine import Engine, RunResult
 from connector.errors import ConfigError, ConnectorError
 from connector.logging import configure_logging, register_secrets
+from connector.runtime import tune_garbage_collector
 from connector.store import Store
 from connector.wiring import build_engine
 
@@ -350,7 +350,5 @@ def get_app() -> typer.Typer:
 
 def main(argv: Sequence[str] | None = None) -> Any:
     command = get_app()
-    # Everything imported so far lives for the whole process: moving it out of the garbage
-    # collector's sight makes each collection during a sync cheaper (docs/performance.md).
-    gc.freeze()
+    tune_garbage_collector()
     return command(args=list(argv) if argv is not None else None, prog_name="connector")

@@ -294,6 +294,10 @@ class SourceClient:
         url = self.resolve(url)
         async with self._slot():
             response = await self._client.request(method, url, **kwargs)
+        # httpx leaves the read response and its stream pointing at each other: a cycle that
+        # kept each page's body alive until the next cyclic collection. The body is read, so
+        # the stream can be the plain bytes, freed with the response (docs/performance.md).
+        response.stream = httpx.ByteStream(response.content)
         self._classify(method, url, response)
         return response
 
