@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from connector.categories import Categorizer, categorizer_for, load_rule_set
@@ -20,11 +21,23 @@ from connector.cli import app, err, load, open_store, out, state
 from connector.errors import ConfigError, ConnectorError
 from connector.issues import REASON_HELP, Reason
 from connector.masking import mask_name, mask_payload, mask_policy
-from connector.policies import RegistryFileError, parse_links_csv, parse_registry_csv
+from connector.policies import (
+    MAX_REMOVED_SHARE,
+    RegistryFileError,
+    RegistryReplaceRefused,
+    parse_links_csv,
+    parse_registry_csv,
+)
 from connector.registry import source_types
 from connector.reprocess import reprocess as reprocess_quarantine
 from connector.store import QuarantineEntry, Store
-from connector.store.policies import count_policies, import_links, import_policies, list_policies
+from connector.store.policies import (
+    RegistryImport,
+    count_policies,
+    import_links,
+    import_policies,
+    list_policies,
+)
 from connector.store.quarantine_ops import quarantine_entry
 from connector.wiring import build_engine
 
@@ -165,20 +178,112 @@ def _import_csv(
             raise typer.Exit(1) from None
 
 
+_REMOVED_SHOWN = 20
+
+
+def _counts_text(result: RegistryImport) -> str:
+    counts = f"{result.inserted} new, {result.updated} updated, {result.unchanged} unchanged"
+    return f"{counts}, {result.removed} removed" if result.diff.removed else counts
+
+
+def _print_removals(result: RegistryImport, console: Console = out) -> None:
+    """The removed policies (masked) and what still names them: stored invoices, links."""
+    removed = result.diff.removed
+    if not removed:
+        return
+    shown = ", ".join(str(mask_policy(n)) for n in removed[:_REMOVED_SHOWN])
+    more = f" and {len(removed) - _REMOVED_SHOWN} more" if len(removed) > _REMOVED_SHOWN else ""
+    console.print(f"  removed: {shown}{more}", highlight=False, markup=False)
+    if result.invoices_on_removed:
+        console.print(
+            f"  {result.invoices_on_removed} stored invoice(s) carry a removed policy: they stay "
+            "stored as accepted; a sync that brings one of them again quarantines it as "
+            f"{Reason.POLICY_UNKNOWN.value}",
+            highlight=False,
+        )
+    if result.links_to_removed:
+        console.print(
+            f"  {result.links_to_removed} patient link(s) point at a removed policy: those "
+            f"patients' invoices are quarantined as {Reason.POLICY_UNKNOWN.value} until "
+            "`connector policies link` gives them a registered one",
+            highlight=False,
+        )
+
+
 @policies_app.command("import")
 def policies_import(
     file: Annotated[
         Path, typer.Argument(help="CSV: policy_number,holder_name,status,valid_from,valid_to")
     ],
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Make the registry equal to the file: policies it lacks are removed "
+            "(their invoices then fail as POLICY_UNKNOWN). Refused if that removes more than "
+            f"{MAX_REMOVED_SHARE:.0%} of the registry, unless --force.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Show what the import would change, write nothing (exit 1 if "
+            "it would be refused).",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="With --replace: remove past the safety limit."),
+    ] = False,
 ) -> None:
-    """Import (upsert) the policy registry; any bad row stops the whole import."""
-    records, counts = _import_csv(file, parse_registry_csv, import_policies)
+    """Import (upsert) the policy registry; any bad row stops the whole import. With
+    --replace, policies absent from the file are removed in the same transaction."""
+    if force and not replace:
+        err.print("--force only applies to --replace", highlight=False)
+        raise typer.Exit(2)
+    try:
+        records = parse_registry_csv(_read_csv(file))
+    except RegistryFileError as exc:
+        _report_file_errors(file, exc)
+        raise typer.Exit(1) from None
+    with open_store(load()) as store:
+        try:
+            result = import_policies(
+                store,
+                records,
+                replace=replace,
+                max_removed_share=None if force else MAX_REMOVED_SHARE,
+                dry_run=dry_run,
+            )
+        except RegistryReplaceRefused as exc:
+            err.print(f"{file}: {exc}", highlight=False, markup=False)
+            _print_removals(RegistryImport(exc.diff, written=False), err)
+            raise typer.Exit(1) from None
+        except ConnectorError as exc:
+            err.print(f"import failed, nothing was imported: {exc}", highlight=False)
+            raise typer.Exit(1) from None
+    plural = f"polic{'y' if len(records) == 1 else 'ies'}"
+    if dry_run:
+        verb = "would replace the registry with" if replace else "would import"
+        out.print(
+            f"dry run, nothing written: {file} {verb} {len(records)} {plural} "
+            f"({_counts_text(result)})",
+            highlight=False,
+            markup=False,
+        )
+        _print_removals(result)
+        if result.refusal is not None:
+            err.print(f"the import would be refused: {result.refusal}", highlight=False)
+            raise typer.Exit(1)
+        return
+    verb = "replaced the registry with" if replace else "imported"
     out.print(
-        f"imported {len(records)} polic{'y' if len(records) == 1 else 'ies'} "
-        f"({counts.inserted} new, {counts.updated} updated); "
+        f"{verb} {len(records)} {plural} ({_counts_text(result)}); "
         "run `connector reprocess` to re-validate quarantined invoices",
         highlight=False,
     )
+    _print_removals(result)
 
 
 @policies_app.command("link")

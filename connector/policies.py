@@ -5,6 +5,9 @@ the imported registry (`connector.store.policies`); a run loads it once into a
 `RegistrySnapshot`, and `PolicyChecker` answers from that snapshot without any I/O:
 `resolve` fills in the policy of a source that carries none (through its patient link), and
 `check` reports POLICY_MISSING / POLICY_FORMAT / POLICY_UNKNOWN / POLICY_INACTIVE.
+`diff_registry` compares an imported file with the stored registry (what an import adds,
+updates, leaves alone and, when it replaces the registry, removes) and `removal_refusal`
+is the safety limit on removals that guards against an empty or truncated file.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ REGISTRY_COLUMNS = ("policy_number", "holder_name", "status", "valid_from", "val
 LINK_COLUMNS = ("source", "patient_ref", "policy_number")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _MAX_LENGTHS = {"policy_number": 100, "holder_name": 300, "source": 100, "patient_ref": 200}
+# A replacing import that would remove more than this share of the stored registry is refused
+# unless forced: a registry export that lost rows must not silently unregister patients.
+MAX_REMOVED_SHARE = 0.10
 
 
 class RegistryFileError(ConnectorError):
@@ -192,6 +198,85 @@ def parse_links_csv(text: str) -> list[PatientLink]:
     if problems:
         raise RegistryFileError(_by_line(problems), origin="link file")
     return [link for _line, link in links.values()]
+
+
+# ----------------------------------------------------------------------------- import plans
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryDiff:
+    """What importing a registry file does to the stored registry, as policy numbers (sorted).
+
+    `removed` is only ever filled when the file replaces the registry: policies stored but
+    absent from the file. `stored_before` is the size of the registry the diff was taken from.
+    """
+
+    added: tuple[str, ...]
+    updated: tuple[str, ...]
+    unchanged: tuple[str, ...]
+    removed: tuple[str, ...]
+    stored_before: int
+
+    @property
+    def stored_after(self) -> int:
+        return self.stored_before + len(self.added) - len(self.removed)
+
+    @property
+    def removed_share(self) -> float:
+        """Removed policies as a share of the registry before the import (0 when it was empty)."""
+        return len(self.removed) / self.stored_before if self.stored_before else 0.0
+
+
+def diff_registry(
+    stored: Mapping[str, PolicyRecord], incoming: Sequence[PolicyRecord], *, replace: bool
+) -> RegistryDiff:
+    """Compare a parsed registry file with the stored registry (`replace`: the file is all)."""
+    by_number = {record.policy_number: record for record in incoming}
+    added, updated, unchanged = [], [], []
+    for number, record in by_number.items():
+        known = stored.get(number)
+        if known is None:
+            added.append(number)
+        elif known == record:
+            unchanged.append(number)
+        else:
+            updated.append(number)
+    removed = [number for number in stored if number not in by_number] if replace else []
+    return RegistryDiff(
+        tuple(sorted(added)),
+        tuple(sorted(updated)),
+        tuple(sorted(unchanged)),
+        tuple(sorted(removed)),
+        len(stored),
+    )
+
+
+def removal_refusal(diff: RegistryDiff, max_share: float | None) -> str | None:
+    """Why a replacing import must not remove what `diff` removes, or None when it may.
+
+    `max_share=None` lifts the limit (an operator's explicit `--force`). Emptying a registry
+    that has policies is always over the limit, whatever the share.
+    """
+    if max_share is None or not diff.removed:
+        return None
+    emptied = diff.stored_after == 0
+    if not emptied and diff.removed_share <= max_share:
+        return None
+    return (
+        f"the file would remove {len(diff.removed)} of the {diff.stored_before} registered "
+        f"policies ({diff.removed_share:.0%}{', every one' if emptied else ''}), more than the "
+        f"{max_share:.0%} a replacing import removes unforced; an empty or truncated export "
+        "looks like this. Check the file (--dry-run shows the change) and add --force if it is "
+        "right"
+    )
+
+
+class RegistryReplaceRefused(ConnectorError):
+    """A replacing import would remove more of the registry than the safety limit allows."""
+
+    def __init__(self, reason: str, diff: RegistryDiff) -> None:
+        self.diff = diff
+        super().__init__(f"refused, nothing imported: {reason}")
 
 
 # ----------------------------------------------------------------------------- checks

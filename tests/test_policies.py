@@ -365,9 +365,10 @@ def test_cli_import_list_and_link(tmp_path: Path) -> None:
     cfg = ["-c", str(config)]
     imported = runner.invoke(app, [*cfg, "policies", "import", str(good)])
     assert imported.exit_code == 0, imported.output
-    assert "imported 1 policy (1 new, 0 updated)" in imported.output
+    assert "imported 1 policy (1 new, 0 updated, 0 unchanged)" in imported.output
     again = runner.invoke(app, [*cfg, "policies", "import", str(good)])
-    assert "(0 new, 1 updated)" in again.output
+    # The same file again changes nothing, and the counts say so.
+    assert "(0 new, 0 updated, 1 unchanged)" in again.output
     linked = runner.invoke(app, [*cfg, "policies", "link", str(links)])
     assert linked.exit_code == 0, linked.output
     assert "imported 1 patient link(s)" in linked.output

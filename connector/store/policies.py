@@ -1,7 +1,10 @@
 """Store side of the policy registry: import (all or nothing), listing and the run snapshot.
 
 An import is one transaction: new policies / links are inserted, known ones updated in place
-(a re-import upserts), so a failure leaves the registry exactly as it was.
+(a re-import upserts), so a failure leaves the registry exactly as it was. A replacing import
+(`replace=True`) also deletes, in that same transaction, every policy the file does not
+list, so that the registry equals the file; a policy deleted that way is simply unknown to
+the next run (POLICY_UNKNOWN), exactly as if it had never been imported.
 """
 
 from __future__ import annotations
@@ -9,10 +12,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Column, Connection, bindparam, delete, func, insert, select, update
 
-from connector.policies import PatientLink, PolicyRecord, RegistrySnapshot
-from connector.store.schema import patient_link, policy
+from connector.policies import (
+    MAX_REMOVED_SHARE,
+    PatientLink,
+    PolicyRecord,
+    RegistryDiff,
+    RegistryReplaceRefused,
+    RegistrySnapshot,
+    diff_registry,
+    removal_refusal,
+)
+from connector.store.schema import invoice, patient_link, policy
 from connector.store.store import Store, _chunks, utcnow
 
 
@@ -22,18 +34,83 @@ class ImportCounts:
     updated: int
 
 
-def import_policies(store: Store, records: Sequence[PolicyRecord]) -> ImportCounts:
-    """Upsert registry rows in one transaction."""
+@dataclass(frozen=True, slots=True)
+class RegistryImport:
+    """The outcome of a policy import (or, with `written=False`, of its dry run).
+
+    `invoices_on_removed` / `links_to_removed` count the stored invoices and patient links
+    that name a removed policy: they are left as they are (an invoice was valid when it was
+    accepted; links are their own file), and the operator is told about them.
+    `refusal` is set only on a dry run that the real import would refuse.
+    """
+
+    diff: RegistryDiff
+    written: bool
+    invoices_on_removed: int = 0
+    links_to_removed: int = 0
+    refusal: str | None = None
+
+    @property
+    def inserted(self) -> int:
+        return len(self.diff.added)
+
+    @property
+    def updated(self) -> int:
+        return len(self.diff.updated)
+
+    @property
+    def unchanged(self) -> int:
+        return len(self.diff.unchanged)
+
+    @property
+    def removed(self) -> int:
+        return len(self.diff.removed)
+
+
+def import_policies(
+    store: Store,
+    records: Sequence[PolicyRecord],
+    *,
+    replace: bool = False,
+    max_removed_share: float | None = MAX_REMOVED_SHARE,
+    dry_run: bool = False,
+) -> RegistryImport:
+    """Upsert registry rows in one transaction; with `replace`, also delete every stored
+    policy the file lacks, unless that removes more than `max_removed_share` of the registry
+    (`RegistryReplaceRefused`; None lifts the limit). `dry_run` writes nothing and reports
+    what the import would do, a refusal included."""
     now = utcnow()
     by_number = {r.policy_number: r for r in records}
-    numbers = list(by_number)
     with store._transaction() as conn:
-        known = _known(conn, numbers)
-        fresh = [by_number[n] for n in numbers if n not in known]
-        stale = [by_number[n] for n in numbers if n in known]
-        if fresh:
-            conn.execute(insert(policy), [_policy_row(r) | {"imported_at": now} for r in fresh])
-        if stale:
+        if conn.dialect.name == "postgresql":
+            # Two imports at once must not interleave between the diff and the writes; runs
+            # reading the registry (ACCESS SHARE) are not blocked by this mode.
+            conn.exec_driver_sql("LOCK TABLE policy IN SHARE ROW EXCLUSIVE MODE")
+        diff = diff_registry(_stored_policies(conn), list(by_number.values()), replace=replace)
+        refusal = removal_refusal(diff, max_removed_share)
+        invoices_on_removed = _count_in(conn, invoice.c.policy_number, diff.removed)
+        links_to_removed = _count_in(conn, patient_link.c.policy_number, diff.removed)
+        outcome = RegistryImport(
+            diff,
+            written=not dry_run,
+            invoices_on_removed=invoices_on_removed,
+            links_to_removed=links_to_removed,
+            refusal=refusal if dry_run else None,
+        )
+        if dry_run:
+            return outcome
+        if refusal is not None:
+            raise RegistryReplaceRefused(refusal, diff)
+        for chunk in _chunks(diff.removed):
+            conn.execute(delete(policy).where(policy.c.policy_number.in_(chunk)))
+        if diff.added:
+            conn.execute(
+                insert(policy),
+                [_policy_row(by_number[n]) | {"imported_at": now} for n in diff.added],
+            )
+        # Unchanged rows are rewritten too: `imported_at` says when an import last listed them.
+        known = [by_number[n] for n in (*diff.updated, *diff.unchanged)]
+        if known:
             conn.execute(
                 update(policy)
                 .where(policy.c.policy_number == bindparam("b_number"))
@@ -53,21 +130,28 @@ def import_policies(store: Store, records: Sequence[PolicyRecord]) -> ImportCoun
                         "b_to": r.valid_to,
                         "b_at": now,
                     }
-                    for r in stale
+                    for r in known
                 ],
             )
-    return ImportCounts(len(fresh), len(stale))
+    return outcome
 
 
-def _known(conn: Connection, numbers: Sequence[str]) -> set[str]:
-    known: set[str] = set()
-    for chunk in _chunks(numbers):
-        known.update(
-            conn.execute(
-                select(policy.c.policy_number).where(policy.c.policy_number.in_(chunk))
-            ).scalars()
+def _stored_policies(conn: Connection) -> dict[str, PolicyRecord]:
+    return {
+        r.policy_number: PolicyRecord(
+            r.policy_number, r.holder_name, r.status, r.valid_from, r.valid_to
         )
-    return known
+        for r in conn.execute(select(policy))
+    }
+
+
+def _count_in(conn: Connection, column: Column[str], numbers: Sequence[str]) -> int:
+    """Rows of `column`'s table whose `column` is one of `numbers`."""
+    total = 0
+    for chunk in _chunks(numbers):
+        query = select(func.count()).select_from(column.table).where(column.in_(chunk))
+        total += int(conn.execute(query).scalar_one())
+    return total
 
 
 def _policy_row(record: PolicyRecord) -> dict[str, object]:
