@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -65,6 +67,45 @@ def _check_schedule(value: str | None) -> str | None:
 ScheduleText = Annotated[str, AfterValidator(_check_schedule)]
 
 
+def _relative_to_config(value: str, info: ValidationInfo) -> str:
+    """A file path written in the config, made absolute against the config file's directory
+    (the `base_dir` of the validation context), so that the connector reads the same files
+    whichever directory it was started from. Without a base dir (a config built from a dict,
+    with no file) the path stays as written: relative to the working directory."""
+    base_dir = info.context.get("base_dir") if isinstance(info.context, dict) else None
+    path = Path(value)
+    if base_dir is None or path.is_absolute():
+        return value
+    return str(Path(base_dir) / path)
+
+
+def _pem_ca_file(value: str) -> str:
+    """The file must hold at least one PEM certificate that OpenSSL accepts."""
+    path = Path(value)
+    if not path.exists():
+        raise ValueError(f"no such file: {value}")
+    if not path.is_file():
+        raise ValueError(f"not a file: {value}")
+    # A bare context: loading the file is the check, no default store is needed for it.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=value)
+    except ssl.SSLError:  # before OSError, of which it is a subclass
+        raise ValueError(
+            f"{value} holds no PEM certificate (expected -----BEGIN CERTIFICATE----- blocks; "
+            f"a DER file converts with `openssl x509 -inform der -in CA.der -out CA.pem`)"
+        ) from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {value}: {exc.strerror}") from None
+    return value
+
+
+# A file path in the config: relative paths are relative to the config file's directory.
+ConfigPath = Annotated[str, AfterValidator(_relative_to_config)]
+# A PEM file of CA certificates (see HttpSettings.ca_bundle).
+CaBundlePath = Annotated[ConfigPath, AfterValidator(_pem_ca_file)]
+
+
 class HttpSettings(BaseModel):
     """How hard we may push one vendor: timeouts, concurrency, retries, rate limit."""
 
@@ -81,6 +122,11 @@ class HttpSettings(BaseModel):
     # aiohttp's connection handling under httpx's API: measured 5x the requests/s of httpx's
     # own async transport at 16 concurrent requests (docs/performance.md).
     transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    # CA certificates (PEM) trusted for this source in addition to the default store, for a
+    # vendor whose certificate comes from a private CA or is self-signed. In addition rather
+    # than instead: a token endpoint may sit on another host with a public certificate, and a
+    # vendor that moves to a public certificate keeps working. Verification stays on always.
+    ca_bundle: CaBundlePath | None = None
 
 
 class SourceConfig(BaseModel):
@@ -103,7 +149,7 @@ class SourceConfig(BaseModel):
     lookback: Duration = timedelta(minutes=5)
     schedule: ScheduleText | None = None
     # An extra category rules file (YAML), merged in front of mappings/category_rules.yaml.
-    category_rules: str | None = None
+    category_rules: ConfigPath | None = None
     # When set, an item no rule matches gets this category (accepted with a warning) instead
     # of being quarantined as CATEGORY_UNMAPPED.
     fallback_category: Category | None = None
@@ -165,8 +211,14 @@ def _is_loopback(host: str | None) -> bool:
 class StoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # A SQLite file path, or any SQLAlchemy URL (postgresql+psycopg://...).
-    url: str = "./connector.db"
+    # A SQLite file path (relative: to the config file's directory), or any SQLAlchemy URL
+    # (postgresql+psycopg://...), used as written.
+    url: str = Field("./connector.db", validate_default=True)
+
+    @field_validator("url")
+    @classmethod
+    def _file_relative_to_config(cls, value: str, info: ValidationInfo) -> str:
+        return value if "://" in value else _relative_to_config(value, info)
 
     def sqlalchemy_url(self, base_dir: Path | None = None) -> str:
         if "://" in self.url:
@@ -269,10 +321,17 @@ def _format_error(prefix: str, error: Any) -> str:
     return f"{where}: {message}"
 
 
-def build_config(raw: Any, *, env: Mapping[str, str] | None = None) -> AppConfig:
-    """Validate a parsed YAML document; raise one ConfigError naming every problem."""
+def build_config(
+    raw: Any, *, env: Mapping[str, str] | None = None, base_dir: Path | None = None
+) -> AppConfig:
+    """Validate a parsed YAML document; raise one ConfigError naming every problem.
+
+    Relative file paths in it (`store.url`, `category_rules`, `http.ca_bundle`) are made
+    absolute against `base_dir`, the config file's directory; without one (a config built in
+    code) they stay relative to the working directory."""
     from connector.registry import source_types
 
+    context = {"base_dir": base_dir.absolute() if base_dir is not None else None}
     problems: list[str] = []
     if raw is None:
         raw = {}
@@ -305,13 +364,14 @@ def build_config(raw: Any, *, env: Mapping[str, str] | None = None) -> AppConfig
             )
             continue
         try:
-            source = known_types[kind].config_model().model_validate(item)
+            source = known_types[kind].config_model().model_validate(item, context=context)
         except ValidationError as exc:
             problems.extend(_format_error(prefix, e) for e in exc.errors())
             continue
         sources.append(source)
     try:
-        config = AppConfig.model_validate({**raw, "sources": ()})
+        # An absent `store` is validated too, so that its default path is resolved like any.
+        config = AppConfig.model_validate({"store": {}, **raw, "sources": ()}, context=context)
     except ValidationError as exc:
         problems.extend(_format_error("", e).lstrip(".") for e in exc.errors())
         config = AppConfig()
@@ -363,13 +423,11 @@ def load_config(
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], origin=str(path)) from exc
     try:
-        config = build_config(raw, env=env)
+        # Paths in the file are relative to the file, not to the working directory: a daemon
+        # started from elsewhere must read the same rules, CA and store.
+        config = build_config(raw, env=env, base_dir=path.absolute().parent)
     except ConfigError as exc:
         raise ConfigError(exc.problems, origin=str(path)) from None
     if warnings is not None:
         warnings.extend(plaintext_secret_warnings(raw, config, str(path)))
-    # Relative SQLite paths are relative to the config file, not to the working directory.
-    if "://" not in config.store.url and not Path(config.store.url).is_absolute():
-        store = StoreSettings(url=str(path.parent / config.store.url))
-        config = config.model_copy(update={"store": store})
     return config

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import ssl
 import time
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from functools import cache
+from functools import lru_cache
 from typing import Any
 
 import httpx
@@ -43,11 +44,92 @@ RETRIABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 RATE_WINDOW_MARGIN_S = 1.0
 
 
-@cache
-def verified_tls_context() -> ssl.SSLContext:
-    """One certificate-verifying TLS context per process: building one costs ~100 ms of CPU,
-    which every client (each run, each backfill window) would otherwise pay again."""
-    return httpx.create_ssl_context(verify=True)
+def verified_tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
+    """The certificate-verifying TLS context of a source: the default trust store (certifi's
+    Mozilla roots, or `SSL_CERT_FILE` / `SSL_CERT_DIR`) plus the CAs of `ca_bundle`, if any.
+
+    One per process and CA file: building one costs ~100 ms of CPU, which every client (each
+    run, each backfill window) would otherwise pay again. The file's modification time is part
+    of the key, so a renewed CA file is read by the next run, without a restart."""
+    if ca_bundle is None:
+        return _tls_context(None, None)
+    path = os.path.abspath(ca_bundle)
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise SourceError(f"cannot read http.ca_bundle {path}: {exc.strerror}") from None
+    return _tls_context(path, (stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=32)
+def _tls_context(ca_bundle: str | None, _version: tuple[int, int] | None) -> ssl.SSLContext:
+    context = httpx.create_ssl_context(verify=True)
+    if ca_bundle is not None:
+        try:
+            context.load_verify_locations(cafile=ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            # Checked when the config loaded: the file changed since.
+            raise SourceError(f"cannot load http.ca_bundle {ca_bundle}: {exc}") from None
+    return context
+
+
+class CertificateRejected(SourceError):
+    """The vendor's TLS certificate failed verification. Fatal at once rather than retried: no
+    retry changes a certificate, and the message names the setting or the fix."""
+
+
+def certificate_error(error: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind a transport error, if that is its cause
+    (httpx and aiohttp both keep the `ssl` error in the exception chain). The deepest one:
+    aiohttp's wrapper is an `ssl.CertificateError` too, without OpenSSL's verify code."""
+    found = None
+    cause: BaseException | None = error
+    for _ in range(8):  # a chain is a few links long; a cycle must not hang us
+        if cause is None:
+            break
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            found = cause
+        cause = cause.__cause__ or cause.__context__
+    return found
+
+
+# OpenSSL's verify results (X509_V_ERR_*) that mean "signed by a CA we do not trust".
+_UNTRUSTED_ISSUER = frozenset({2, 18, 19, 20, 21, 27})
+_HOST_MISMATCH = frozenset({62, 64})
+_EXPIRED, _NOT_YET_VALID = 10, 9
+
+
+def describe_certificate_error(
+    error: ssl.SSLCertVerificationError, host: str, ca_bundle: str | None
+) -> str:
+    """Why the certificate of `host` was rejected, and what to change."""
+    reason = (getattr(error, "verify_message", None) or str(error)).rstrip(".")
+    said = f"the TLS certificate of {host} was rejected ({reason})"
+    code = getattr(error, "verify_code", None)
+    if code in _HOST_MISMATCH:
+        return (
+            f"{said}: it is not issued for {host} - base_url must use a host name the "
+            "certificate names (ask the vendor which), or the vendor must reissue it"
+        )
+    if code == _EXPIRED:
+        return (
+            f"{said}: it has expired (or this machine's clock is wrong) - the vendor must renew it"
+        )
+    if code == _NOT_YET_VALID:
+        return f"{said}: it is not valid yet - check this machine's clock"
+    if code in _UNTRUSTED_ISSUER:
+        if ca_bundle is None:
+            return (
+                f"{said}: it is not signed by a trusted CA - if the vendor uses a private CA or "
+                "a self-signed certificate, set the source's http.ca_bundle to that CA's "
+                "certificate (PEM file)"
+            )
+        return (
+            f"{said}: it is signed neither by a public CA nor by a CA in http.ca_bundle "
+            f"({ca_bundle}) - check that the file holds the CA (and any intermediate) that "
+            "issued the vendor's certificate"
+        )
+    return said
 
 
 class VendorHttpError(SourceError):
@@ -140,8 +222,9 @@ class CountedAiohttpTransport(AiohttpTransport):
     attempt would bypass the rate limiter and the retry budget, which must count every attempt,
     so a dropped connection surfaces as a transport error and `SourceClient` retries it.
 
-    TLS: the base class builds its connector with `httpx.create_ssl_context(verify=True)`, so
-    certificates and host names are verified exactly as with httpx's own transport."""
+    TLS: `SourceClient` hands it the source's cached `verified_tls_context` (left out, the base
+    class builds `httpx.create_ssl_context(verify=True)`), so certificates and host names are
+    verified exactly as with httpx's own transport."""
 
     def get_client(self) -> ClientSession:
         session = super().get_client()
@@ -188,8 +271,9 @@ class SourceClient:
         limits = httpx.Limits(
             max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency
         )
+        tls = verified_tls_context(settings.ca_bundle)
         if transport is None and settings.transport == "aiohttp":
-            transport = CountedAiohttpTransport(limits=limits)
+            transport = CountedAiohttpTransport(verify=tls, limits=limits)
         self._client = httpx.AsyncClient(
             base_url=base_url,
             auth=auth,
@@ -201,7 +285,7 @@ class SourceClient:
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=limits,
             transport=transport,
-            verify=verified_tls_context(),
+            verify=tls,
             follow_redirects=False,
         )
         # httpx's `cookies` setter copies into a plain jar, so the cheaper one is set directly.
@@ -237,6 +321,8 @@ class SourceClient:
             try:
                 return await self._send_once(method, url, **kwargs)
             except (RetriableError, httpx.TransportError) as exc:
+                if isinstance(exc, httpx.TransportError):
+                    self._raise_if_certificate_rejected(exc)
                 if attempt >= attempts:
                     raise RetriesExhausted(
                         f"{method} {_path(url)} still failing after {attempts} attempts: "
@@ -256,11 +342,15 @@ class SourceClient:
         """One streamed request (no retries: the caller decides how to resume) under the same
         rate limit, concurrency bound and status classification as `request`."""
         url = self.resolve(url)
-        async with self._slot(), self._client.stream(method, url, **kwargs) as response:
-            if not 200 <= response.status_code < 300:
-                await response.aread()
-                self._classify(method, url, response)
-            yield response
+        try:
+            async with self._slot(), self._client.stream(method, url, **kwargs) as response:
+                if not 200 <= response.status_code < 300:
+                    await response.aread()
+                    self._classify(method, url, response)
+                yield response
+        except httpx.TransportError as exc:
+            self._raise_if_certificate_rejected(exc)
+            raise
 
     @asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
@@ -319,6 +409,17 @@ class SourceClient:
             location = response.headers.get("Location", "?")
             raise ContractError(f"{detail} - redirected to {location}; check base_url and paths")
         raise VendorHttpError(detail, status=status)
+
+    def _raise_if_certificate_rejected(self, error: httpx.TransportError) -> None:
+        rejected = certificate_error(error)
+        if rejected is not None:
+            try:
+                host = error.request.url.host  # a token endpoint may be on another host
+            except RuntimeError:
+                host = self._client.base_url.host
+            raise CertificateRejected(
+                describe_certificate_error(rejected, host, self.settings.ca_bundle)
+            ) from None
 
     def retry_delay(self, attempt: int, error: BaseException) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based), counted as a retry:

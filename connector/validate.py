@@ -41,7 +41,13 @@ from connector.errors import (
     RetriesExhausted,
     SourceError,
 )
-from connector.http import SourceClient, VendorHttpError, describe_transport_error
+from connector.http import (
+    SourceClient,
+    VendorHttpError,
+    describe_certificate_error,
+    describe_transport_error,
+    verified_tls_context,
+)
 from connector.issues import REASON_HELP, Issue, Reason
 from connector.logging import scrub_text
 from connector.mapping_kit import CategoryRules
@@ -340,8 +346,9 @@ def _host_port(base_url: str) -> tuple[str, int, bool]:
     return parts.hostname or "", parts.port or (443 if tls else 80), tls
 
 
-async def precheck(base_url: str, wait_s: float) -> list[Step]:
-    """DNS, TCP and TLS to the base URL's host, before any HTTP request."""
+async def precheck(base_url: str, wait_s: float, *, ca_bundle: str | None = None) -> list[Step]:
+    """DNS, TCP and TLS to the base URL's host, before any HTTP request. The handshake trusts
+    exactly what a sync trusts: the default store plus the source's `http.ca_bundle`."""
     host, port, tls = _host_port(base_url)
     resolve, connect, handshake = Step("resolve"), Step("connect"), Step("tls")
     steps = [resolve, connect, handshake]
@@ -374,7 +381,11 @@ async def precheck(base_url: str, wait_s: float) -> list[Step]:
         handshake.detail = "plain http: no TLS to negotiate"
         return steps
     try:
-        context = ssl.create_default_context()
+        context = verified_tls_context(ca_bundle)
+    except SourceError as exc:
+        handshake.status, handshake.detail = "fail", str(exc)
+        return steps
+    try:
         _reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, ssl=context, server_hostname=host), wait_s
         )
@@ -385,13 +396,14 @@ async def precheck(base_url: str, wait_s: float) -> list[Step]:
             await writer.wait_closed()
     except ssl.SSLCertVerificationError as exc:
         handshake.status = "fail"
-        handshake.detail = f"the TLS certificate of {host} is not trusted: {exc.verify_message}"
+        handshake.detail = describe_certificate_error(exc, host, ca_bundle)
         return steps
     except (OSError, TimeoutError, ssl.SSLError) as exc:
         handshake.status = "fail"
         handshake.detail = f"TLS handshake with {host}:{port} failed: {_socket_reason(exc)}"
         return steps
-    handshake.status, handshake.detail = "pass", f"{version}, certificate valid for {host}"
+    trusted = f" (trusted through http.ca_bundle {ca_bundle})" if ca_bundle else ""
+    handshake.status, handshake.detail = "pass", f"{version}, certificate valid for {host}{trusted}"
     return steps
 
 
@@ -664,9 +676,10 @@ def build_adapter(
 
 
 def _inner_transport(source: SourceConfig) -> httpx.AsyncBaseTransport:
+    tls = verified_tls_context(source.http.ca_bundle)
     if source.http.transport == "aiohttp":
-        return AiohttpTransport()
-    return httpx.AsyncHTTPTransport()
+        return AiohttpTransport(verify=tls)
+    return httpx.AsyncHTTPTransport(verify=tls)
 
 
 async def fetch_sample(
@@ -1092,7 +1105,7 @@ async def validate_source(
     checks = build_checks(config, source, store)
     processor = record_processor(source, checks)
     timeout = min(source.http.timeout.total_seconds(), 10.0)
-    steps = await precheck(source.base_url, timeout)
+    steps = await precheck(source.base_url, timeout, ca_bundle=source.http.ca_bundle)
     reachable = all(s.status != "fail" for s in steps)
     sample = Sample()
     error: BaseException | None = None
@@ -1112,8 +1125,13 @@ async def validate_source(
             error, recorder.exchanges, auth, list_path, refresh, sample, inspector
         )
     else:
+        why = (
+            "no trusted TLS connection"
+            if steps[-1].status == "fail" and steps[-1].name == "tls"
+            else "the host cannot be reached"
+        )
         for name in ("authenticate", "list", "detail"):
-            steps.append(Step(name, "skip", "not tried: the host cannot be reached"))
+            steps.append(Step(name, "skip", f"not tried: {why}"))
     connected = all(s.status != "fail" for s in steps)
     extra_warnings: dict[str, list[Issue]] = {}
     mapping: dict[str, Any] = {}

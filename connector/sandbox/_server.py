@@ -14,6 +14,7 @@ import io
 import json
 import random
 import signal
+import ssl
 import threading
 import time
 import zlib
@@ -108,6 +109,8 @@ class SandboxOptions:
     anomalies: Mapping[str, str] = field(default_factory=dict)
     # The window of `max_requests_per_window` in the stats (60 s, like vendors' limits).
     stats_window_s: float = _WINDOW_S
+    # Serve HTTPS with this server-side context (certificate and key loaded) instead of HTTP.
+    ssl_context: ssl.SSLContext | None = None
 
 
 def derived_seed(seed: int, *parts: str) -> int:
@@ -407,7 +410,10 @@ class SandboxServer:
             )
             await runner.setup()
             mounted.runner = runner
-            await web.TCPSite(runner, self.options.host, port).start()
+            site = web.TCPSite(
+                runner, self.options.host, port, ssl_context=self.options.ssl_context
+            )
+            await site.start()
             mounted.port = runner.addresses[0][1]
 
     async def _unbind(self) -> None:
@@ -441,7 +447,8 @@ class SandboxServer:
         mounted = self._get(name)
         if not mounted.port:
             raise RuntimeError("sandbox server is not started")
-        return f"http://{self.options.host}:{mounted.port}"
+        scheme = "https" if self.options.ssl_context is not None else "http"
+        return f"{scheme}://{self.options.host}:{mounted.port}"
 
     def api_url(self, name: str) -> str:
         """The base URL a connector config should use, e.g. "http://127.0.0.1:41234/api/v1/"."""
