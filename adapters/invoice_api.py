@@ -16,23 +16,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from connector.adapter import (
-    FetchRequest,
-    ListDetailAdapter,
-    RecordFailure,
-    SourcePage,
-    gather_or_cancel,
-)
+from connector.adapter import FetchRequest, ListDetailAdapter, SourcePage
 from connector.auth import OAuth2Password
 from connector.config import SourceConfig
-from connector.http import ErrorDescriber, SourceClient, VendorHttpError
-from connector.issues import Issue, Reason
+from connector.http import ErrorDescriber, SourceClient
+from connector.lookups import GoneFailsRecord, PerRunLookup
 from connector.paginate import IndexedPaginator, Paginator
 
 PATIENT_KEY = "_patient"
@@ -115,8 +109,19 @@ class Adapter(ListDetailAdapter):
 
     def __init__(self, config: SourceConfig, client: SourceClient) -> None:
         super().__init__(config, client)
-        # One answer per patient per run: a patient's body, or the issue of its failed fetch.
-        self._patients: dict[str, Any] = {}
+        # A patient the vendor no longer has fails only the invoices pointing at it.
+        self._patients = PerRunLookup(
+            client,
+            path=self.config.patient_path,
+            key_of=_patient_id,
+            attach_as=PATIENT_KEY,
+            when_gone=GoneFailsRecord(
+                statuses=(404, 410, 422),
+                field="patient_id",
+                label="patient",
+                record_key=_record_key,
+            ),
+        )
 
     @classmethod
     def build_auth(cls, config: SourceConfig) -> httpx.Auth:
@@ -140,51 +145,9 @@ class Adapter(ListDetailAdapter):
             params["status"] = self.config.status_filter
         return params
 
-    def patient_url(self, patient_id: str) -> str:
-        return self.config.patient_path.format(id=quote(patient_id, safe=""))
-
-    async def fetch_pages(self, request: FetchRequest) -> AsyncIterator[SourcePage]:
-        async for page in super().fetch_pages(request):
-            if not self.config.fetch_patients:
-                yield page
-                continue
-            records, failures = await self._with_patients(page.records)
-            yield SourcePage(records, page.position, [*page.failures, *failures])
-
-    async def _with_patients(self, records: list[Any]) -> tuple[list[Any], list[RecordFailure]]:
-        wanted = {pid for raw in records if (pid := _patient_id(raw)) and pid not in self._patients}
-        await self._fetch_patients(sorted(wanted))
-        kept: list[Any] = []
-        failures: list[RecordFailure] = []
-        for raw in records:
-            pid = _patient_id(raw)
-            if pid is None:
-                # Nothing to look up; the mapping reports the missing patient id.
-                kept.append(raw)
-                continue
-            patient = self._patients[pid]
-            if isinstance(patient, Issue):
-                failures.append(RecordFailure(_record_key(raw), raw, patient))
-            else:
-                kept.append({**raw, PATIENT_KEY: patient})
-        return kept, failures
-
-    async def _fetch_patients(self, patient_ids: list[str]) -> None:
-        async def one(patient_id: str) -> None:
-            try:
-                body = await self.client.get_json(self.patient_url(patient_id))
-            except VendorHttpError as exc:
-                if exc.status not in (404, 410, 422):
-                    raise
-                self._patients[patient_id] = Issue(
-                    Reason.DETAIL_UNAVAILABLE, "patient_id", f"patient {patient_id}: {exc}"
-                )
-                return
-            # Whatever came back is the mapping's to judge (a non-object is PAYLOAD_INVALID).
-            self._patients[patient_id] = body
-
-        # One fatal answer ends the page; its siblings are cancelled, not left running.
-        await gather_or_cancel(one(pid) for pid in patient_ids)
+    def fetch_pages(self, request: FetchRequest) -> AsyncIterator[SourcePage]:
+        pages = super().fetch_pages(request)
+        return self._patients.attach_pages(pages) if self.config.fetch_patients else pages
 
 
 def _patient_id(raw: Any) -> str | None:

@@ -15,15 +15,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
-from urllib.parse import quote
 
 import httpx
 from pydantic import Field, SecretStr, model_validator
 
-from connector.adapter import FetchRequest, ListDetailAdapter, SourcePage, gather_or_cancel
+from connector.adapter import FetchRequest, ListDetailAdapter, SourcePage
 from connector.auth import BearerKey
 from connector.config import HttpSettings, SourceConfig
-from connector.http import SourceClient, VendorHttpError
+from connector.http import SourceClient
+from connector.lookups import GoneAsNone, PerRunLookup
 from connector.paginate import NextLinkPaginator, Paginator
 from mappings.splose import DEFAULT_POLICY_PREFIXES, POLICY_PREFIXES_OPTION
 
@@ -74,8 +74,15 @@ class Adapter(ListDetailAdapter):
 
     def __init__(self, config: SourceConfig, client: SourceClient) -> None:
         super().__init__(config, client)
-        # patientId → the patient resource (None for a 404), for this run.
-        self._patients: dict[str, Any] = {}
+        # An unknown patient (404) is attached as None: it leaves the name empty, so the
+        # record is quarantined.
+        self._patients = PerRunLookup(
+            client,
+            path=self.patient_path,
+            key_of=patient_key,
+            attach_as=PATIENT_KEY,
+            when_gone=GoneAsNone(statuses=(404,)),
+        )
 
     @classmethod
     def build_auth(cls, config: SourceConfig) -> httpx.Auth:
@@ -95,31 +102,9 @@ class Adapter(ListDetailAdapter):
             params["update_gt"] = splose_time(request.since - SINCE_MARGIN)
         return params
 
-    async def fetch_pages(self, request: FetchRequest) -> AsyncIterator[SourcePage]:
-        async for page in super().fetch_pages(request):
-            if self.config.fetch_patients:
-                page = SourcePage(await self._with_patients(page.records), page.position)
-            yield page
-
-    async def _with_patients(self, records: list[Any]) -> list[Any]:
-        """The records with their patient attached; each patient is fetched once per run."""
-        missing = {key for raw in records if (key := patient_key(raw)) is not None}
-        missing -= self._patients.keys()
-        await gather_or_cancel([self._fetch_patient(key) for key in sorted(missing)])
-        attached: list[Any] = []
-        for raw in records:
-            key = patient_key(raw)
-            attached.append(raw if key is None else {**raw, PATIENT_KEY: self._patients[key]})
-        return attached
-
-    async def _fetch_patient(self, key: str) -> None:
-        try:
-            body = await self.client.get_json(self.patient_path.format(id=quote(key, safe="")))
-        except VendorHttpError as exc:
-            if exc.status != 404:
-                raise
-            body = None  # an unknown patient leaves the name empty; the record is quarantined
-        self._patients[key] = body
+    def fetch_pages(self, request: FetchRequest) -> AsyncIterator[SourcePage]:
+        pages = super().fetch_pages(request)
+        return self._patients.attach_pages(pages) if self.config.fetch_patients else pages
 
 
 def patient_key(raw: Any) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from connector.mapping_kit import (
     IsoDate,
@@ -21,18 +21,21 @@ from connector.mapping_kit import (
     Timestamp,
     id_field,
     parse_payload,
-    to_utc,
 )
-from connector.model import Invoice, InvoiceStatus, Patient
-from mappings.meditrak_import import ItemPayload, PatientPayload, canonical_items
+from connector.model import Invoice, InvoiceStatus
+from mappings.meditrak_import import ItemPayload, PatientPayload, invoice_from_record
 
 
 class MediTrakInvoicePayload(BaseModel):
+    """MediTrak's detail is the import record with two fields renamed (`invoice_id`,
+    `service_date`): the aliases give it the import record's attribute names, so one function
+    maps both. Fields stay in MediTrak's order, in which defects are reported."""
+
     model_config = ConfigDict(extra="ignore")
 
-    invoice_id: Text
+    id: Text = Field(validation_alias="invoice_id")
     invoice_number: Text
-    service_date: IsoDate
+    invoice_date: IsoDate = Field(validation_alias="service_date")
     status: Text
     total_amount: Money
     currency: OptionalText = None
@@ -53,21 +56,7 @@ STATUS_MAP = {
 
 
 def to_canonical(raw: Any, ctx: MappingContext) -> Invoice:
-    record = parse_payload(MediTrakInvoicePayload, raw)
-    return Invoice(
-        source=ctx.source,
-        id=record.invoice_id,
-        invoice_number=record.invoice_number,
-        invoice_date=record.service_date,
-        total_amount=record.total_amount,
-        currency=(record.currency or ctx.currency).upper(),
-        status=ctx.map_status(record.status),
-        source_status=record.status,
-        facility=record.facility,
-        patient=Patient(name=record.patient.name, policy_number=record.patient.policy_number),
-        items=canonical_items(record.items, ctx),
-        source_updated_at=to_utc(record.updated_at, ctx.timezone) if record.updated_at else None,
-    )
+    return invoice_from_record(parse_payload(MediTrakInvoicePayload, raw), ctx)
 
 
 MAPPING = SourceMapping(

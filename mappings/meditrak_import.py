@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -107,8 +107,28 @@ def to_canonical(raw: Any, ctx: MappingContext) -> Invoice:
     return parsed if parsed is not None else _via_models(raw, ctx)
 
 
+class ParsedImportRecord(Protocol):
+    """The import record's fields once parsed, whatever a payload model calls them at the
+    source (`ImportRecordPayload`, or MediTrak's own detail)."""
+
+    id: str
+    invoice_number: str
+    invoice_date: date
+    total_amount: Decimal
+    status: str
+    facility: str | None
+    patient: PatientPayload
+    items: list[ItemPayload]
+    updated_at: datetime | None
+    currency: str | None
+
+
 def _via_models(raw: Any, ctx: MappingContext) -> Invoice:
-    record = parse_payload(ImportRecordPayload, raw)
+    return invoice_from_record(parse_payload(ImportRecordPayload, raw), ctx)
+
+
+def invoice_from_record(record: ParsedImportRecord, ctx: MappingContext) -> Invoice:
+    """The canonical invoice of a record parsed by a payload model."""
     return _invoice(
         ctx,
         record.id,
