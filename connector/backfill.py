@@ -156,13 +156,20 @@ class LogProgress:
     def __init__(self, key: str, every: float) -> None:
         self.key = key
         self.every = every
-        self._last = 0.0
+        self._last = -math.inf  # the first update is always logged, however young the clock
+        # The latest figures not yet logged: `close` logs them, so the last line is the end.
+        self._unsaid: tuple[WindowSummary, float, float | None] | None = None
 
     def update(self, summary: WindowSummary, invoices_per_s: float, eta_s: float | None) -> None:
         now = time.monotonic()
         if now - self._last < self.every:
+            self._unsaid = (summary, invoices_per_s, eta_s)
             return
         self._last = now
+        self._unsaid = None
+        self._log(summary, invoices_per_s, eta_s)
+
+    def _log(self, summary: WindowSummary, invoices_per_s: float, eta_s: float | None) -> None:
         log.info(
             "backfill.progress",
             backfill=self.key,
@@ -176,7 +183,9 @@ class LogProgress:
         )
 
     def close(self) -> None:
-        pass
+        if self._unsaid is not None:
+            self._log(*self._unsaid)
+            self._unsaid = None
 
 
 def default_progress(key: str, every: float) -> ProgressReporter:
@@ -324,8 +333,10 @@ class Backfill:
                 # The rest is leased to other workers: wait for them to finish, or for a
                 # lease to run out so that its window can be taken over.
                 wait = self.idle_poll
-                if summary.next_expiry is not None:
-                    until_expiry = (summary.next_expiry - datetime.now(UTC)).total_seconds()
+                if summary.next_expiry is not None and summary.as_of is not None:
+                    # Both times from the clock that decides expiry (the database's on
+                    # PostgreSQL): a skewed local clock must not make this a busy loop.
+                    until_expiry = (summary.next_expiry - summary.as_of).total_seconds()
                     wait = min(wait, max(0.05, until_expiry + 0.05))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=wait)

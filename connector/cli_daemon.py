@@ -1,4 +1,5 @@
-"""`connector run` (the scheduled daemon) and `connector backfill` (resumable history loads).
+"""`connector run` (the scheduled daemon), `connector backfill` (resumable history loads) and
+`connector backfill-status` (where each stored backfill stands).
 
 Registers itself on the main `app` when `connector.cli.get_app()` imports it.
 """
@@ -6,11 +7,13 @@ Registers itself on the main `app` when `connector.cli.get_app()` imports it.
 from __future__ import annotations
 
 import asyncio
-from datetime import date
-from typing import Annotated
+import json
+from datetime import date, datetime
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from connector.backfill import Backfill, LogProgress, ProgressReporter, default_progress
 from connector.backfill import parse_window as parse_window_days
@@ -18,6 +21,8 @@ from connector.cli import app, err, load, open_store, out, state
 from connector.config import parse_duration
 from connector.daemon import Daemon, wired_engine_factory
 from connector.errors import ConfigError, ConnectorError
+from connector.logging import mask_patient_data, scrub_text
+from connector.store.coordination import BackfillStatus, backfill_statuses
 
 # Conventional exit status of a command stopped by Ctrl-C.
 EXIT_INTERRUPTED = 130
@@ -132,3 +137,162 @@ def backfill(
     if not report.complete:
         err.print("some windows failed: run the same command again to retry them")
         raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- backfill-status
+
+# A failed window's error, as shown: its first line, this long at most.
+_ERROR_SHOWN = 200
+
+
+def _shown_error(error: str | None) -> str | None:
+    """An error text safe to print: secrets scrubbed and policy numbers masked, like logs."""
+    lines = scrub_text(error or "").strip().splitlines()
+    if not lines:
+        return None
+    masked = str(mask_patient_data(None, "", {"error": lines[0]})["error"])
+    return masked if len(masked) <= _ERROR_SHOWN else masked[: _ERROR_SHOWN - 1] + "…"
+
+
+def _iso(moment: datetime | None, *, whole_seconds: bool = False) -> str | None:
+    if moment is None:
+        return None
+    if whole_seconds:
+        moment = moment.replace(microsecond=0)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _status_json(status: BackfillStatus) -> dict[str, Any]:
+    return {
+        "backfill": status.key,
+        "source": status.source,
+        "since": status.date_from.isoformat(),
+        "until": status.date_to.isoformat(),
+        "state": status.state,
+        "finished": status.finished,
+        "windows": {
+            "total": status.total,
+            "done": status.done,
+            "pending": status.pending,
+            "leased": status.leased,
+            "expired": status.expired,
+            "failed": status.failed,
+        },
+        "counts": status.counts,
+        "last_activity": _iso(status.last_activity),
+        "as_of": _iso(status.as_of),
+        "leases": [
+            {
+                "window_from": lease.date_from.isoformat(),
+                "window_to": lease.date_to.isoformat(),
+                "owner": lease.owner,
+                "expires_at": _iso(lease.expires_at),
+                "live": lease.live,
+            }
+            for lease in status.leases
+        ],
+        "failures": [
+            {
+                "window_from": failure.date_from.isoformat(),
+                "window_to": failure.date_to.isoformat(),
+                "attempts": failure.attempts,
+                "error": _shown_error(failure.error),
+            }
+            for failure in status.failures
+        ],
+    }
+
+
+def _relative(moment: datetime | None, as_of: datetime) -> str:
+    if moment is None:
+        return "-"
+    seconds = round((moment - as_of).total_seconds())
+    return f"in {seconds}s" if seconds >= 0 else f"{-seconds}s ago"
+
+
+_STATE_STYLE = {"complete": "green", "running": "cyan", "stopped": "yellow", "failed": "red"}
+
+
+def _status_tables(statuses: list[BackfillStatus]) -> list[Table]:
+    """The overview, then the leased and the failed windows (tables left empty are dropped)."""
+    overview = Table(title="Backfills")
+    for column in ("source", "range", "state"):
+        overview.add_column(column)
+    for column in ("windows", "done", "pending", "leased", "expired", "failed", "fetched"):
+        overview.add_column(column, justify="right")
+    overview.add_column("last activity")
+    leases = Table(title="Leased windows")
+    for column in ("backfill", "window", "holder", "lease until", "expires"):
+        leases.add_column(column)
+    failures = Table(title="Failed windows (run the backfill again to retry them)")
+    for column in ("backfill", "window", "attempts", "error"):
+        failures.add_column(column, justify="right" if column == "attempts" else "left")
+    for status in statuses:
+        overview.add_row(
+            status.source,
+            f"{status.date_from}..{status.date_to}",
+            Text(status.state, style=_STATE_STYLE.get(status.state, "")),
+            *(
+                str(value)
+                for value in (
+                    status.total,
+                    status.done,
+                    status.pending,
+                    status.leased,
+                    status.expired,
+                    status.failed,
+                    status.counts.get("fetched", 0),
+                )
+            ),
+            _iso(status.last_activity, whole_seconds=True) or "-",
+        )
+        for lease in status.leases:
+            expires = _relative(lease.expires_at, status.as_of)
+            leases.add_row(
+                status.key,
+                f"{lease.date_from}..{lease.date_to}",
+                Text(lease.owner or "-"),
+                _iso(lease.expires_at, whole_seconds=True) or "-",
+                expires if lease.live else Text(f"{expires}, claimable", style="yellow"),
+            )
+        for failure in status.failures:
+            failures.add_row(
+                status.key,
+                f"{failure.date_from}..{failure.date_to}",
+                str(failure.attempts),
+                # Text, not markup: an error message may hold brackets.
+                Text(_shown_error(failure.error) or "-"),
+            )
+    return [table for table in (overview, leases, failures) if table.row_count]
+
+
+@app.command("backfill-status")
+def backfill_status(
+    source: Annotated[
+        str | None, typer.Option("--source", "-s", help="Only this source's backfills.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Per stored backfill: its range, windows done / pending / leased / expired / failed,
+    who holds each lease and until when, invoices fetched so far, and whether it is finished.
+
+    Read-only: safe beside running backfills. Lease times are compared on the clock that
+    decides them (the database's on PostgreSQL). Windows whose lease expired are claimable:
+    their worker is gone, and the next `connector backfill` of that range takes them over.
+    """
+    config = load()
+    with open_store(config) as store:
+        try:
+            statuses = backfill_statuses(store, source)
+        except ConnectorError as exc:
+            err.print(f"[bold red]Store error[/] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps([_status_json(status) for status in statuses], indent=2))
+        return
+    if not statuses:
+        scope = f" of source {source!r}" if source else ""
+        err.print(f"no backfills{scope} stored", highlight=False)
+        return
+    for table in _status_tables(statuses):
+        out.print(table)

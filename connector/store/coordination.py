@@ -11,7 +11,10 @@ Two mechanisms, both usable on SQLite and PostgreSQL:
   holds a session advisory lock on a dedicated connection for the run (released by the server
   if the process dies); elsewhere a lease row in `source_lock`, renewed while the run lasts.
 
-Times are the workers' UTC clocks: leases are far longer than the clock skew of NTP'd hosts.
+Lease times come from the database's clock on PostgreSQL (`now()` inside the statements that
+set, renew and test a lease), so a replica whose host clock is skewed can neither take over a
+live lease nor hold one past its end. SQLite is one host: its leases use this process's clock.
+The same statements run on both; only the SQL that stands for "now" differs (`_Clock`).
 """
 
 from __future__ import annotations
@@ -27,13 +30,17 @@ from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
+    Interval,
     Row,
     and_,
+    case,
     create_engine,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
@@ -45,7 +52,7 @@ from sqlalchemy.pool import NullPool
 
 from connector.errors import StoreError
 from connector.store import schema
-from connector.store.schema import backfill_window, sync_run
+from connector.store.schema import UtcDateTime, backfill_window, sync_run
 from connector.store.store import Store, utcnow
 
 WINDOW_COUNTS = ("fetched", "inserted", "updated", "unchanged", "quarantined")
@@ -76,12 +83,36 @@ class WindowSummary:
     done: int = 0
     failed: int = 0
     fetched: int = 0
-    # When the earliest lease of a running window runs out (a wait bound for idle workers).
+    # When the earliest lease of a running window runs out (a wait bound for idle workers),
+    # and "now" on the clock that decides it: compare the two, never with a local clock.
     next_expiry: datetime | None = None
+    as_of: datetime | None = None
 
     @property
     def finished(self) -> bool:
         return self.pending == 0 and self.running == 0
+
+
+class _Clock:
+    """What "now" is for lease decisions, as SQL to put inside the statement that decides.
+
+    PostgreSQL: the server's `now()` (the start of the transaction, so every statement of one
+    claim agrees), whatever the clock of the host the worker runs on says. Elsewhere (SQLite,
+    one host): this process's clock, read once when the clock is made.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._local = None if store.dialect == "postgresql" else utcnow()
+
+    def now(self) -> ColumnElement[datetime]:
+        if self._local is None:
+            return func.now(type_=UtcDateTime())
+        return literal(self._local, UtcDateTime())
+
+    def plus(self, span: timedelta) -> ColumnElement[datetime]:
+        if self._local is None:
+            return func.now(type_=UtcDateTime()) + literal(span, Interval())
+        return literal(self._local + span, UtcDateTime())
 
 
 def backfill_key(source: str, since: date, until: date) -> str:
@@ -115,7 +146,6 @@ class BackfillWindows:
 
     def ensure(self, slices: Sequence[tuple[date, date]]) -> int:
         """Create the windows not stored yet; concurrent callers may race, none duplicates."""
-        now = utcnow()
         rows = [
             {
                 "backfill_key": self.key,
@@ -125,7 +155,6 @@ class BackfillWindows:
                 "status": PENDING,
                 "attempts": 0,
                 **{name: 0 for name in WINDOW_COUNTS},
-                "updated_at": now,
             }
             for start, end in slices
         ]
@@ -136,9 +165,10 @@ class BackfillWindows:
             postgresql.insert(backfill_window).on_conflict_do_nothing()
             if dialect == "postgresql"
             else sqlite.insert(backfill_window).on_conflict_do_nothing()
-        )
+        ).values(updated_at=_Clock(self.store).now())
+        # Counted from RETURNING: an executemany's rowcount is -1 on psycopg.
         with self.store._transaction() as conn:
-            return int(conn.execute(statement, rows).rowcount or 0)
+            return len(conn.execute(statement.returning(backfill_window.c.id), rows).all())
 
     def reset_failed(self) -> int:
         """Failed windows become pending again: re-running the command retries them."""
@@ -148,16 +178,19 @@ class BackfillWindows:
                     update(backfill_window)
                     .where(backfill_window.c.backfill_key == self.key)
                     .where(backfill_window.c.status == FAILED)
-                    .values(status=PENDING, updated_at=utcnow())
+                    .values(status=PENDING, updated_at=_Clock(self.store).now())
                 ).rowcount
             )
 
     def claim(self, owner: str, lease: timedelta) -> Window | None:
         """Lease the earliest pending (or lease-expired) window to `owner`; None if none is free."""
-        now = utcnow()
+        clock = _Clock(self.store)
         claimable = or_(
             backfill_window.c.status == PENDING,
-            and_(backfill_window.c.status == RUNNING, backfill_window.c.lease_expires_at < now),
+            and_(
+                backfill_window.c.status == RUNNING,
+                backfill_window.c.lease_expires_at < clock.now(),
+            ),
         )
         query = (
             select(backfill_window.c.id)
@@ -190,7 +223,7 @@ class BackfillWindows:
                     )
                     .values(
                         status="interrupted",
-                        finished_at=now,
+                        finished_at=clock.now(),
                         error="worker lost its window lease; the window was taken over",
                     )
                 )
@@ -200,78 +233,83 @@ class BackfillWindows:
                 .values(
                     status=RUNNING,
                     lease_owner=owner,
-                    lease_expires_at=now + lease,
+                    lease_expires_at=clock.plus(lease),
                     attempts=backfill_window.c.attempts + 1,
                     error=None,
-                    updated_at=now,
+                    updated_at=clock.now(),
                 )
             )
             return self._get(conn, window_id)
 
     def renew(self, window_id: int, owner: str, lease: timedelta) -> bool:
-        """Extend a held lease; False when it was lost (expired and taken over)."""
-        now = utcnow()
-        return self._update_held(window_id, owner, lease_expires_at=now + lease, updated_at=now)
+        """Extend a held lease; False when it was lost: expired (taken over or not) by the
+        deciding clock. An expired lease is not revived: another worker may be taking it."""
+        clock = _Clock(self.store)
+        values = {"lease_expires_at": clock.plus(lease), "updated_at": clock.now()}
+        return self._update_held(window_id, owner, values, live_at=clock.now())
 
     def finish(
         self, window_id: int, owner: str, counts: Mapping[str, int], run_id: int | None
     ) -> bool:
-        values = {name: int(counts.get(name, 0)) for name in WINDOW_COUNTS}
-        return self._update_held(
-            window_id,
-            owner,
-            status=DONE,
-            lease_expires_at=None,
-            run_id=run_id,
-            error=None,
-            updated_at=utcnow(),
-            **values,
-        )
+        values: dict[str, object] = {name: int(counts.get(name, 0)) for name in WINDOW_COUNTS}
+        values.update(status=DONE, lease_expires_at=None, run_id=run_id, error=None)
+        return self._update_held(window_id, owner, values)
 
     def fail(self, window_id: int, owner: str, error: str, run_id: int | None) -> bool:
-        return self._update_held(
-            window_id,
-            owner,
-            status=FAILED,
-            lease_expires_at=None,
-            run_id=run_id,
-            error=error[:2000],
-            updated_at=utcnow(),
-        )
+        values = {
+            "status": FAILED,
+            "lease_expires_at": None,
+            "run_id": run_id,
+            "error": error[:2000],
+        }
+        return self._update_held(window_id, owner, values)
 
     def release(self, window_id: int, owner: str) -> bool:
         """Give a window back untouched (a graceful stop): the next claim takes it at once."""
-        return self._update_held(
-            window_id, owner, status=PENDING, lease_expires_at=None, updated_at=utcnow()
-        )
+        return self._update_held(window_id, owner, {"status": PENDING, "lease_expires_at": None})
 
-    def _update_held(self, window_id: int, owner: str, **values: object) -> bool:
+    def _update_held(
+        self,
+        window_id: int,
+        owner: str,
+        values: Mapping[str, object],
+        *,
+        live_at: ColumnElement[datetime] | None = None,
+    ) -> bool:
+        """Change a window `owner` holds (with `live_at`: only while its lease runs past it)."""
+        held = [
+            backfill_window.c.id == window_id,
+            backfill_window.c.lease_owner == owner,
+            backfill_window.c.status == RUNNING,
+        ]
+        if live_at is not None:
+            held.append(backfill_window.c.lease_expires_at > live_at)
+        statement = update(backfill_window).where(*held)
+        statement = statement.values({"updated_at": _Clock(self.store).now(), **values})
         with self.store._transaction() as conn:
-            changed = conn.execute(
-                update(backfill_window)
-                .where(
-                    backfill_window.c.id == window_id,
-                    backfill_window.c.lease_owner == owner,
-                    backfill_window.c.status == RUNNING,
-                )
-                .values(**values)
-            ).rowcount
+            changed = conn.execute(statement).rowcount
         return bool(changed)
 
     def windows(self) -> list[Window]:
         with self.store.engine.connect() as conn:
-            rows = conn.execute(
-                select(backfill_window)
-                .where(backfill_window.c.backfill_key == self.key)
-                .order_by(backfill_window.c.date_from)
-            ).all()
+            return self._windows(conn)
+
+    def _windows(self, conn: Connection) -> list[Window]:
+        rows = conn.execute(
+            select(backfill_window)
+            .where(backfill_window.c.backfill_key == self.key)
+            .order_by(backfill_window.c.date_from)
+        ).all()
         return [_window(row) for row in rows]
 
     def summary(self) -> WindowSummary:
         by_status: dict[str, int] = {}
         fetched = 0
         next_expiry: datetime | None = None
-        for window in self.windows():
+        with self.store.engine.connect() as conn:
+            as_of = conn.execute(select(_Clock(self.store).now())).scalar_one()
+            windows = self._windows(conn)
+        for window in windows:
             by_status[window.status] = by_status.get(window.status, 0) + 1
             fetched += window.counts.get("fetched", 0) if window.status == DONE else 0
             if window.status == RUNNING and window.lease_expires_at is not None:
@@ -285,11 +323,148 @@ class BackfillWindows:
             failed=by_status.get(FAILED, 0),
             fetched=fetched,
             next_expiry=next_expiry,
+            as_of=as_of,
         )
 
     def _get(self, conn: Connection, window_id: int) -> Window:
         row = conn.execute(select(backfill_window).where(backfill_window.c.id == window_id)).one()
         return _window(row)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldLease:
+    """A running window's lease: who holds it and until when (by the deciding clock)."""
+
+    date_from: date
+    date_to: date
+    owner: str | None
+    expires_at: datetime | None
+    # False once the lease ran out: the holder is presumably gone, the window claimable.
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FailedWindow:
+    date_from: date
+    date_to: date
+    attempts: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillStatus:
+    """Where one backfill stands, for `connector backfill-status`."""
+
+    key: str
+    source: str
+    date_from: date
+    date_to: date
+    total: int
+    pending: int
+    leased: int  # running under a live lease
+    expired: int  # running, lease run out: waiting for a worker to take it over
+    done: int
+    failed: int
+    counts: dict[str, int]  # summed over the done windows
+    last_activity: datetime
+    as_of: datetime
+    leases: tuple[HeldLease, ...] = ()
+    failures: tuple[FailedWindow, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        return self.done == self.total
+
+    @property
+    def state(self) -> str:
+        """complete | running (a live lease) | failed (only failed windows left) | stopped."""
+        if self.finished:
+            return "complete"
+        if self.leased:
+            return "running"
+        if self.pending == 0 and self.expired == 0:
+            return "failed"
+        return "stopped"
+
+
+def backfill_statuses(store: Store, source: str | None = None) -> list[BackfillStatus]:
+    """Every stored backfill (or one source's), by source and first date; read-only."""
+    bw = backfill_window
+    clock = _Clock(store)
+    done = bw.c.status == DONE
+    leased = and_(bw.c.status == RUNNING, bw.c.lease_expires_at > clock.now())
+
+    def count(condition: ColumnElement[bool]) -> ColumnElement[int]:
+        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+    # One statement, so that the counts agree with each other (and `total`) on a busy table.
+    totals = select(
+        bw.c.backfill_key,
+        bw.c.source,
+        func.min(bw.c.date_from).label("date_from"),
+        func.max(bw.c.date_to).label("date_to"),
+        func.count().label("total"),
+        *(count(bw.c.status == status).label(status) for status in (PENDING, DONE, FAILED)),
+        count(bw.c.status == RUNNING).label(RUNNING),
+        count(leased).label("leased"),
+        *(
+            func.coalesce(func.sum(case((done, bw.c[name]), else_=0)), 0).label(name)
+            for name in WINDOW_COUNTS
+        ),
+        func.max(bw.c.updated_at).label("last_activity"),
+    ).group_by(bw.c.backfill_key, bw.c.source)
+    open_windows = select(
+        bw.c.backfill_key,
+        bw.c.date_from,
+        bw.c.date_to,
+        bw.c.status,
+        bw.c.lease_owner,
+        bw.c.lease_expires_at,
+        bw.c.attempts,
+        bw.c.error,
+    ).where(bw.c.status.in_((RUNNING, FAILED)))
+    if source is not None:
+        totals = totals.where(bw.c.source == source)
+        open_windows = open_windows.where(bw.c.source == source)
+    with store.engine.connect() as conn:
+        # PostgreSQL's now() is the transaction's start: the same moment in every statement.
+        as_of = conn.execute(select(clock.now())).scalar_one()
+        rows = conn.execute(totals).all()
+        details = conn.execute(open_windows.order_by(bw.c.date_from)).all()
+    leases: dict[str, list[HeldLease]] = {}
+    failures: dict[str, list[FailedWindow]] = {}
+    for row in details:
+        if row.status == RUNNING:
+            live = row.lease_expires_at is not None and row.lease_expires_at > as_of
+            leases.setdefault(row.backfill_key, []).append(
+                HeldLease(row.date_from, row.date_to, row.lease_owner, row.lease_expires_at, live)
+            )
+        else:
+            failures.setdefault(row.backfill_key, []).append(
+                FailedWindow(row.date_from, row.date_to, row.attempts, row.error)
+            )
+    statuses = []
+    for row in rows:
+        statuses.append(
+            BackfillStatus(
+                key=row.backfill_key,
+                source=row.source,
+                date_from=row.date_from,
+                date_to=row.date_to,
+                total=int(row.total),
+                pending=int(getattr(row, PENDING)),
+                leased=int(row.leased),
+                expired=int(getattr(row, RUNNING)) - int(row.leased),
+                done=int(getattr(row, DONE)),
+                failed=int(getattr(row, FAILED)),
+                counts={name: int(getattr(row, name)) for name in WINDOW_COUNTS},
+                last_activity=row.last_activity,
+                as_of=as_of,
+                leases=tuple(leases.get(row.backfill_key, ())),
+                failures=tuple(failures.get(row.backfill_key, ())),
+            )
+        )
+    return sorted(statuses, key=lambda status: (status.source, status.date_from, status.key))
 
 
 def _window(row: Row[Any]) -> Window:
@@ -444,37 +619,42 @@ class LeaseSourceLock:
         self.owner = _lock_owner(store)
 
     def acquire(self) -> bool:
-        now = utcnow()
+        clock = _Clock(self.store)
+        values = {
+            "owner": self.owner,
+            "acquired_at": clock.now(),
+            "expires_at": clock.plus(self.lease),
+        }
         try:
             with self.store._transaction() as conn:
-                row = conn.execute(
-                    select(_LOCK_ROWS.c.owner, _LOCK_ROWS.c.expires_at).where(
-                        _LOCK_ROWS.c.source == self.source
-                    )
-                ).first()
-                values = {"owner": self.owner, "acquired_at": now, "expires_at": now + self.lease}
-                if row is None:
+                holder = conn.execute(
+                    select(_LOCK_ROWS.c.owner).where(_LOCK_ROWS.c.source == self.source)
+                ).scalar()
+                if holder is None:
                     conn.execute(insert(_LOCK_ROWS).values(source=self.source, **values))
-                elif row.owner == self.owner or row.expires_at <= now or _dead_here(row.owner):
-                    conn.execute(
-                        update(_LOCK_ROWS)
-                        .where(_LOCK_ROWS.c.source == self.source)
-                        .values(**values)
-                    )
-                else:
-                    return False
+                    return True
+                # Conditional on what was read, so that a concurrent taker wins only once.
+                takeable = (
+                    _LOCK_ROWS.c.owner == holder
+                    if holder == self.owner or _dead_here(holder)
+                    else _LOCK_ROWS.c.expires_at <= clock.now()
+                )
+                taken = conn.execute(
+                    update(_LOCK_ROWS)
+                    .where(_LOCK_ROWS.c.source == self.source, takeable)
+                    .values(**values)
+                ).rowcount
+                return bool(taken)
         except StoreError:
             # Another replica inserted the row between our read and our write.
             return False
-        return True
 
     def renew(self) -> bool:
-        now = utcnow()
         with self.store._transaction() as conn:
             changed = conn.execute(
                 update(_LOCK_ROWS)
                 .where(_LOCK_ROWS.c.source == self.source, _LOCK_ROWS.c.owner == self.owner)
-                .values(expires_at=now + self.lease)
+                .values(expires_at=_Clock(self.store).plus(self.lease))
             ).rowcount
         return bool(changed)
 
