@@ -159,17 +159,22 @@ def _report_file_errors(path: Path, exc: RegistryFileError) -> None:
         err.print(f"  - {problem}", highlight=False, markup=False)
 
 
+def _parse_csv(file: Path, parse: Callable[[str], Sequence[RowT]]) -> Sequence[RowT]:
+    """Every row of a CSV file, or every bad row reported and exit 1."""
+    try:
+        return parse(_read_csv(file))
+    except RegistryFileError as exc:
+        _report_file_errors(file, exc)
+        raise typer.Exit(1) from None
+
+
 def _import_csv(
     file: Path,
     parse: Callable[[str], Sequence[RowT]],
     store_rows: Callable[[Store, Sequence[RowT]], CountsT],
 ) -> tuple[Sequence[RowT], CountsT]:
     """Parse a whole CSV (every bad row reported, exit 1) and store it in one transaction."""
-    try:
-        rows = parse(_read_csv(file))
-    except RegistryFileError as exc:
-        _report_file_errors(file, exc)
-        raise typer.Exit(1) from None
+    rows = _parse_csv(file, parse)
     with open_store(load()) as store:
         try:
             return rows, store_rows(store, rows)
@@ -242,11 +247,7 @@ def policies_import(
     if force and not replace:
         err.print("--force only applies to --replace", highlight=False)
         raise typer.Exit(2)
-    try:
-        records = parse_registry_csv(_read_csv(file))
-    except RegistryFileError as exc:
-        _report_file_errors(file, exc)
-        raise typer.Exit(1) from None
+    records = _parse_csv(file, parse_registry_csv)
     with open_store(load()) as store:
         try:
             result = import_policies(

@@ -900,23 +900,7 @@ _QUARANTINE_KEY = ("source", "record_key")
 _INVOICE_UPDATE = _keyed_update(
     invoice,
     _INVOICE_KEY,
-    (
-        "invoice_number",
-        "invoice_date",
-        "total_amount",
-        "paid_amount",
-        "currency",
-        "status",
-        "source_status",
-        "facility",
-        "patient_name",
-        "policy_number",
-        "patient_ref",
-        "source_updated_at",
-        "content_hash",
-        "written_at",
-        "last_run_id",
-    ),
+    tuple(c for c in _SQLITE_INVOICE_COLUMNS if c not in (*_INVOICE_KEY, "first_seen_at")),
     kept=("first_seen_at",),
 )
 _QUARANTINE_UPDATE = _keyed_update(
