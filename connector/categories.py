@@ -340,20 +340,60 @@ def default_rules_text() -> str:
     return resources.files(DEFAULT_RULES_PACKAGE).joinpath(DEFAULT_RULES_FILE).read_text("utf-8")
 
 
-def load_rule_set(extra: str | Path | None = None) -> RuleSet:
-    """The shipped defaults with `extra` (a source's own rules file) merged in front.
+@dataclass(frozen=True)
+class RulesDocument:
+    """One rules file read and validated, not yet merged with the defaults.
+
+    What a loaded config keeps of a source's `category_rules`, so that the file is read once,
+    when the config loads, and every run uses the rules that were checked then. `mtime_ns` is
+    the file's modification time taken before reading it: the daemon compares it with the
+    file's to notice an edit (and reloads, which validates the new file before using it).
+    """
+
+    path: str
+    mtime_ns: int
+    rules: _RulesFile
+
+
+def read_rules_file(path: str | Path) -> RulesDocument:
+    """Read and validate one rules file; `ConfigError` naming every problem of it (missing or
+    unreadable file, YAML syntax, structure, unknown categories, bad patterns...)."""
+    origin = str(path)
+    try:
+        mtime_ns = Path(path).stat().st_mtime_ns
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        problem = f"{origin}: cannot read the category rules file: {exc.strerror}"
+        raise ConfigError([problem], origin="category rules") from None
+    except UnicodeDecodeError as exc:
+        problem = f"{origin}: cannot read the category rules file: not UTF-8 text ({exc.reason})"
+        raise ConfigError([problem], origin="category rules") from None
+    problems: list[str] = []
+    parsed = _parse(origin, text, problems)
+    if parsed is None or problems:
+        raise ConfigError(problems, origin="category rules")
+    return RulesDocument(origin, mtime_ns, parsed)
+
+
+def load_rule_set(extra: str | Path | RulesDocument | None = None) -> RuleSet:
+    """The shipped defaults with `extra` (a source's own rules file, or that file as already
+    read by `read_rules_file`) merged in front.
 
     Raises `ConfigError` naming every problem of every file at once.
     """
     problems: list[str] = []
-    documents: list[tuple[str, str]] = []
-    if extra is not None:
+    parsed: list[tuple[str, _RulesFile | None]] = []
+    if isinstance(extra, RulesDocument):
+        parsed.append((extra.path, extra.rules))
+    elif extra is not None:
         try:
-            documents.append((str(extra), Path(extra).read_text(encoding="utf-8")))
-        except OSError as exc:
-            problems.append(f"{extra}: cannot read the category rules file: {exc.strerror}")
-    documents.append((f"{DEFAULT_RULES_PACKAGE}/{DEFAULT_RULES_FILE}", default_rules_text()))
-    parsed = [(origin, _parse(origin, text, problems)) for origin, text in documents]
+            read = read_rules_file(extra)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        else:
+            parsed.append((read.path, read.rules))
+    default_origin = f"{DEFAULT_RULES_PACKAGE}/{DEFAULT_RULES_FILE}"
+    parsed.append((default_origin, _parse(default_origin, default_rules_text(), problems)))
     if problems:
         raise ConfigError(problems, origin="category rules")
     maps: dict[str, dict[str, _MapEntry]] = {}
@@ -383,13 +423,16 @@ def load_rule_set(extra: str | Path | None = None) -> RuleSet:
                     excludes=_Terms.of(rule.excludes),
                 )
             )
-    return RuleSet(maps, description_rules, tuple(rules), tuple(o for o, _ in documents))
+    return RuleSet(maps, description_rules, tuple(rules), tuple(o for o, _ in parsed))
 
 
 def categorizer_for(source: SourceConfig, rule_set: RuleSet | None = None) -> Categorizer:
     """The categorizer of one configured source: its rules file in front of the defaults,
     its maps looked up under its type and then its name, its fallback category."""
-    extra = getattr(source, "category_rules", None)
+    extra: str | RulesDocument | None = getattr(source, "category_rules", None)
+    if extra is not None:
+        # Read when the config loaded (see `connector.config.build_config`): not read again.
+        extra = source.loaded_category_rules() or extra
     if rule_set is None or extra is not None:
         rule_set = load_rule_set(extra)
     keys = [source.type] if source.type == source.name else [source.type, source.name]

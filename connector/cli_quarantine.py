@@ -32,6 +32,7 @@ from connector.registry import source_types
 from connector.reprocess import reprocess as reprocess_quarantine
 from connector.store import QuarantineEntry, Store
 from connector.store.policies import (
+    ImportRefused,
     RegistryImport,
     count_policies,
     import_links,
@@ -215,6 +216,31 @@ def _print_removals(result: RegistryImport, console: Console = out) -> None:
         )
 
 
+def _import_summary(
+    file: Path, records: int, result: RegistryImport, *, replace: bool, dry_run: bool
+) -> dict[str, Any]:
+    """`policies import --json`: counts only. The removed policies are counted, not listed:
+    a masked number ("POL-****89") identifies nothing a script could act on, and an unmasked
+    one must not reach CI logs; `--dry-run` without `--json` shows them masked."""
+    return {
+        "file": str(file),
+        "policies_in_file": records,
+        "replace": replace,
+        "dry_run": dry_run,
+        "written": result.written,
+        "refused": result.refusal is not None,
+        "refusal": result.refusal,
+        "new": result.inserted,
+        "updated": result.updated,
+        "unchanged": result.unchanged,
+        "removed": result.removed,
+        "invoices_on_removed": result.invoices_on_removed,
+        "links_to_removed": result.links_to_removed,
+        "registry_before": result.diff.stored_before,
+        "registry_after": result.diff.stored_after,
+    }
+
+
 @policies_app.command("import")
 def policies_import(
     file: Annotated[
@@ -241,6 +267,14 @@ def policies_import(
         bool,
         typer.Option("--force", help="With --replace: remove past the safety limit."),
     ] = False,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the counts as one JSON object on stdout (no policy numbers; also when "
+            "refused); exit codes unchanged.",
+        ),
+    ] = False,
 ) -> None:
     """Import (upsert) the policy registry; any bad row stops the whole import. With
     --replace, policies absent from the file are removed in the same transaction."""
@@ -248,6 +282,10 @@ def policies_import(
         err.print("--force only applies to --replace", highlight=False)
         raise typer.Exit(2)
     records = _parse_csv(file, parse_registry_csv)
+
+    def summary(result: RegistryImport) -> None:
+        _print_json(_import_summary(file, len(records), result, replace=replace, dry_run=dry_run))
+
     with open_store(load()) as store:
         try:
             result = import_policies(
@@ -258,12 +296,26 @@ def policies_import(
                 dry_run=dry_run,
             )
         except RegistryReplaceRefused as exc:
+            refused = (
+                exc.outcome
+                if isinstance(exc, ImportRefused)
+                else RegistryImport(exc.diff, written=False, refusal=str(exc))
+            )
             err.print(f"{file}: {exc}", highlight=False, markup=False)
-            _print_removals(RegistryImport(exc.diff, written=False), err)
+            if json_output:
+                summary(refused)
+            else:
+                _print_removals(refused, err)
             raise typer.Exit(1) from None
         except ConnectorError as exc:
             err.print(f"import failed, nothing was imported: {exc}", highlight=False)
             raise typer.Exit(1) from None
+    if json_output:
+        summary(result)
+        if result.refusal is not None:
+            err.print(f"the import would be refused: {result.refusal}", highlight=False)
+            raise typer.Exit(1)
+        return
     plural = f"polic{'y' if len(records) == 1 else 'ies'}"
     if dry_run:
         verb = "would replace the registry with" if replace else "would import"

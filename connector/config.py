@@ -24,6 +24,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -31,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from connector.categories import RulesDocument, read_rules_file
 from connector.errors import ConfigError
 from connector.model import Category
 
@@ -73,6 +75,10 @@ def _relative_to_config(value: str, info: ValidationInfo) -> str:
     whichever directory it was started from. Without a base dir (a config built from a dict,
     with no file) the path stays as written: relative to the working directory."""
     base_dir = info.context.get("base_dir") if isinstance(info.context, dict) else None
+    return _resolve(value, base_dir)
+
+
+def _resolve(value: str, base_dir: Path | None) -> str:
     path = Path(value)
     if base_dir is None or path.is_absolute():
         return value
@@ -153,6 +159,16 @@ class SourceConfig(BaseModel):
     # When set, an item no rule matches gets this category (accepted with a warning) instead
     # of being quarantined as CATEGORY_UNMAPPED.
     fallback_category: Category | None = None
+    # The `category_rules` file as `build_config` read and validated it: runs use exactly the
+    # rules that were checked when the config loaded, without reading the file again.
+    _loaded_rules: RulesDocument | None = PrivateAttr(default=None)
+
+    def loaded_category_rules(self) -> RulesDocument | None:
+        """The rules file read when the config loaded, while `category_rules` still names it
+        (a `model_copy(update=...)` may point the source at another file: that one is read
+        when used)."""
+        kept = self._loaded_rules
+        return kept if kept is not None and kept.path == self.category_rules else None
 
     @field_validator("base_url")
     @classmethod
@@ -328,7 +344,9 @@ def build_config(
 
     Relative file paths in it (`store.url`, `category_rules`, `http.ca_bundle`) are made
     absolute against `base_dir`, the config file's directory; without one (a config built in
-    code) they stay relative to the working directory."""
+    code) they stay relative to the working directory. Each source's `category_rules` file is
+    read and validated here (its problems are listed with the others) and kept on the source
+    (`SourceConfig.loaded_category_rules`), so that runs do not read it again."""
     from connector.registry import source_types
 
     context = {"base_dir": base_dir.absolute() if base_dir is not None else None}
@@ -358,17 +376,29 @@ def build_config(
                 problems.append(f"{prefix}.name: duplicate source name {name!r}")
             seen.add(name)
         kind = item.get("type")
+        source: SourceConfig | None = None
         if kind not in known_types:
             problems.append(
                 f"{prefix}.type: {kind!r} is not one of {', '.join(sorted(known_types))}"
             )
-            continue
-        try:
-            source = known_types[kind].config_model().model_validate(item, context=context)
-        except ValidationError as exc:
-            problems.extend(_format_error(prefix, e) for e in exc.errors())
-            continue
-        sources.append(source)
+        else:
+            try:
+                source = known_types[kind].config_model().model_validate(item, context=context)
+            except ValidationError as exc:
+                problems.extend(_format_error(prefix, e) for e in exc.errors())
+        # The rules file is read now, even for a source with other problems, so that a broken
+        # one is listed with everything else rather than found by the first run.
+        rules_path = source.category_rules if source is not None else item.get("category_rules")
+        if isinstance(rules_path, str) and rules_path:
+            try:
+                rules = read_rules_file(_resolve(rules_path, context["base_dir"]))
+            except ConfigError as exc:
+                problems.extend(f"{prefix}.category_rules: {p}" for p in exc.problems)
+            else:
+                if source is not None:
+                    source._loaded_rules = rules
+        if source is not None:
+            sources.append(source)
     try:
         # An absent `store` is validated too, so that its default path is resolved like any.
         config = AppConfig.model_validate({"store": {}, **raw, "sources": ()}, context=context)

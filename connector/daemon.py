@@ -2,11 +2,13 @@
 
 One asyncio loop holds the scheduler (see `connector.scheduler`), the source runs and the
 signal handlers. Each run takes the source's lock first (one replica per source, see
-`connector.store.coordination`) and a freshly wired engine (so a registry import or a rules
-change is seen without a restart). SIGTERM/SIGINT stop new work, let the batch in flight
-commit, end running syncs as "interrupted" with their resume point kept, and return within
-the shutdown timeout; a second signal cuts the wait short. SIGHUP or a new config file mtime
-reloads the schedules. An optional HTTP endpoint serves /healthz and Prometheus /metrics.
+`connector.store.coordination`) and a freshly wired engine (so a registry import is seen
+without a restart). SIGTERM/SIGINT stop new work, let the batch in flight commit, end running
+syncs as "interrupted" with their resume point kept, and return within the shutdown timeout;
+a second signal cuts the wait short. SIGHUP, or a new mtime of the config file or of a
+source's `category_rules` file (read once, when the config loads), reloads the config and the
+schedules; a config or rules file with a problem is refused and the running config kept. An
+optional HTTP endpoint serves /healthz and Prometheus /metrics.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from connector.store.coordination import SourceLock, close_own_running_runs, sou
 log = structlog.get_logger("connector.daemon")
 
 EngineFactory = Callable[[AppConfig, Store], Engine]
-# How often the config file's mtime is looked at.
+# How often the mtimes of the config file and of its category rules files are looked at.
 CONFIG_POLL_SECONDS = 2.0
 
 
@@ -97,7 +99,8 @@ class Daemon:
         self._stop_requested = asyncio.Event()
         self._stopping = False
         self._force = False
-        self._config_mtime = _mtime(config_path)
+        # What the running config was read from: the config file's mtime, then each rules file's.
+        self._loaded_from = (_mtime(config_path), *_rules_mtimes(config))
         self._background: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -257,13 +260,17 @@ class Daemon:
     # ------------------------------------------------------------------ reload
 
     async def reload(self, reason: str) -> None:
-        """Re-read the config file and bring the jobs in line; a bad file keeps the old one."""
-        self._config_mtime = _mtime(self.config_path)
+        """Re-read the config file (and its rules files) and bring the jobs in line; a config
+        with any problem, a broken rules file included, is refused and the old one kept."""
+        # Taken before reading, so that an edit made while reading is seen at the next poll;
+        # kept after a refusal too, so that the same broken files are not retried every poll.
+        self._loaded_from = self._watched_mtimes()
         try:
             config = await asyncio.to_thread(load_config, self.config_path)
         except ConfigError as exc:
             log.error("daemon.reload_rejected", reason=reason, problems=exc.problems)
             return
+        self._loaded_from = (self._loaded_from[0], *_rules_mtimes(config))
         if config.store.sqlalchemy_url() != self.config.store.sqlalchemy_url():
             log.warning("daemon.reload_store_ignored", detail="a store change needs a restart")
             config = config.model_copy(update={"store": self.config.store})
@@ -277,8 +284,16 @@ class Daemon:
     async def _watch_config(self) -> None:
         while True:
             await asyncio.sleep(CONFIG_POLL_SECONDS)
-            if _mtime(self.config_path) != self._config_mtime:
+            now = self._watched_mtimes()
+            if now[0] != self._loaded_from[0]:
                 await self.reload("config file changed")
+            elif now != self._loaded_from:
+                await self.reload("category rules file changed")
+
+    def _watched_mtimes(self) -> tuple[int | None, ...]:
+        """The config file's mtime, then those of the running config's rules files."""
+        rules = (s.category_rules for s in self.config.sources if s.category_rules)
+        return (_mtime(self.config_path), *(_mtime(Path(path)) for path in rules))
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -368,6 +383,16 @@ def _mtime(path: Path) -> int | None:
         return path.stat().st_mtime_ns
     except OSError:
         return None
+
+
+def _rules_mtimes(config: AppConfig) -> tuple[int | None, ...]:
+    """Each rules file's mtime as it was when the config read it (see `_watched_mtimes`)."""
+    mtimes: list[int | None] = []
+    for source in config.sources:
+        if source.category_rules:
+            kept = source.loaded_category_rules()
+            mtimes.append(kept.mtime_ns if kept else _mtime(Path(source.category_rules)))
+    return tuple(mtimes)
 
 
 def _handler_for(daemon: Daemon) -> type[BaseHTTPRequestHandler]:

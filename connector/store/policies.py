@@ -41,7 +41,8 @@ class RegistryImport:
     `invoices_on_removed` / `links_to_removed` count the stored invoices and patient links
     that name a removed policy: they are left as they are (an invoice was valid when it was
     accepted; links are their own file), and the operator is told about them.
-    `refusal` is set only on a dry run that the real import would refuse.
+    `refusal` says why the import is refused: set on a dry run that the real import would
+    refuse, and on the outcome an `ImportRefused` carries.
     """
 
     diff: RegistryDiff
@@ -67,6 +68,16 @@ class RegistryImport:
         return len(self.diff.removed)
 
 
+class ImportRefused(RegistryReplaceRefused):
+    """A refused replacing import, with everything the import would have done (`outcome`:
+    the diff and the counts of stored invoices and links naming the policies it removes)."""
+
+    def __init__(self, outcome: RegistryImport) -> None:
+        assert outcome.refusal is not None
+        super().__init__(outcome.refusal, outcome.diff)
+        self.outcome = outcome
+
+
 def import_policies(
     store: Store,
     records: Sequence[PolicyRecord],
@@ -77,8 +88,8 @@ def import_policies(
 ) -> RegistryImport:
     """Upsert registry rows in one transaction; with `replace`, also delete every stored
     policy the file lacks, unless that removes more than `max_removed_share` of the registry
-    (`RegistryReplaceRefused`; None lifts the limit). `dry_run` writes nothing and reports
-    what the import would do, a refusal included."""
+    (`ImportRefused`, a `RegistryReplaceRefused`; None lifts the limit). `dry_run` writes
+    nothing and reports what the import would do, a refusal included."""
     now = utcnow()
     by_number = {r.policy_number: r for r in records}
     with store._transaction() as conn:
@@ -92,15 +103,15 @@ def import_policies(
         links_to_removed = _count_in(conn, patient_link.c.policy_number, diff.removed)
         outcome = RegistryImport(
             diff,
-            written=not dry_run,
+            written=not dry_run and refusal is None,
             invoices_on_removed=invoices_on_removed,
             links_to_removed=links_to_removed,
-            refusal=refusal if dry_run else None,
+            refusal=refusal,
         )
         if dry_run:
             return outcome
         if refusal is not None:
-            raise RegistryReplaceRefused(refusal, diff)
+            raise ImportRefused(outcome)
         for chunk in _chunks(diff.removed):
             conn.execute(delete(policy).where(policy.c.policy_number.in_(chunk)))
         if diff.added:
