@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -36,6 +37,12 @@ from connector.store.store import sqlite_url_for
 PG_URL_ENV = "CONNECTOR_TEST_PG_URL"
 PG_DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CONNECTOR_BIN = Path(sys.executable).with_name("connector")
+# Property tests judge the code, not the machine: no per-example deadline (Hypothesis's 200 ms
+# default fails an example that a loaded CI machine stalls once) and no health check on slow data
+# generation. Explicit @settings in a test inherit these for what they leave out.
+settings.register_profile("connector", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("connector")
+
 # Retry fast: the tests want failures in milliseconds, not in a production back-off.
 FAST_HTTP = {"max_retries": 1, "backoff_base": "10ms", "backoff_max": "50ms", "timeout": "10s"}
 

@@ -5,6 +5,7 @@ and no call is left running after an error or an early stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -22,13 +23,19 @@ PAGE_SIZE = 4
 class Vendor:
     """A list of `n` ids and a detail endpoint whose answers take `delay(id)` seconds."""
 
-    def __init__(self, n: int, *, fail: str | None = None) -> None:
+    def __init__(self, n: int, *, fail: str | None = None, hold_page_ends: bool = False) -> None:
         self.ids = [f"R{i:03d}" for i in range(n)]
         self.fail = fail
+        # Whether a page's slow last call also waits for the next page's first call to start.
+        self.hold_page_ends = hold_page_ends
+        self._starting: dict[str, asyncio.Event] = {}
         self.started: dict[str, float] = {}
         self.finished: dict[str, float] = {}
         self.in_flight = 0
         self.max_in_flight = 0
+
+    def _started_event(self, record_id: str) -> asyncio.Event:
+        return self._starting.setdefault(record_id, asyncio.Event())
 
     def delay(self, record_id: str) -> float:
         # The last record of each page is the slow one: the page end is where a page-by-page
@@ -45,10 +52,18 @@ class Vendor:
             )
         record_id = path.rsplit("/", 1)[1]
         self.started[record_id] = time.monotonic()
+        self._started_event(record_id).set()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await asyncio.sleep(self.delay(record_id))
+            index = int(record_id[1:])
+            page_end = index % PAGE_SIZE == PAGE_SIZE - 1
+            if self.hold_page_ends and page_end and index + 1 < len(self.ids):
+                # A pipelining walk starts the next page during this call whatever the machine's
+                # speed; a page-by-page one never does, and is let through after the timeout.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._started_event(self.ids[index + 1]).wait(), 5)
         finally:
             self.in_flight -= 1
         self.finished[record_id] = time.monotonic()
@@ -75,7 +90,7 @@ def adapter(vendor: Vendor, concurrency: int = 3) -> meditrak_import.Adapter:
 
 
 def test_pages_keep_their_order_and_positions_while_the_pipe_stays_full() -> None:
-    vendor = Vendor(5 * PAGE_SIZE)
+    vendor = Vendor(5 * PAGE_SIZE, hold_page_ends=True)
 
     async def go() -> list[SourcePage]:
         async with adapter(vendor) as source:

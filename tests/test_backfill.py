@@ -130,8 +130,17 @@ def test_killed_backfill_rerun_equals_an_uninterrupted_one(
                 return summary.done >= 3 and summary.running >= 1
 
             wait_for(part_way, timeout=40, interval=0.01)
-        first.signal(signal.SIGKILL)
-        assert first.wait(10) == -signal.SIGKILL
+        # Kill it inside a window, whatever the machine's speed: from now on every request
+        # stalls (5 s, three attempts), so once one has stalled the worker holds a window it
+        # cannot finish; killed at a moment of its own choosing it could sit between windows.
+        faults_before = sandbox.stats(SOURCE)["faults_injected"]
+        sandbox.set_faults(SOURCE, fault_rate=1.0, fault_kinds=("timeout",), stall_s=5)
+        try:
+            wait_for(lambda: sandbox.stats(SOURCE)["faults_injected"] > faults_before, timeout=10)
+            first.signal(signal.SIGKILL)
+            assert first.wait(10) == -signal.SIGKILL
+        finally:
+            sandbox.set_faults(SOURCE, fault_rate=0.0)  # the other fault settings then do nothing
         with Store(url) as store:
             summary = BackfillWindows(store, key, SOURCE).summary()
             assert 3 <= summary.done < summary.total

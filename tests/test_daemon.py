@@ -17,9 +17,9 @@ import pytest
 from connector.demo import sandbox_config
 from connector.engine import Engine
 from connector.sandbox import SandboxOptions, SandboxServer
-from connector.store import Store
+from connector.store import Store, coordination
 from connector.store.coordination import source_lock
-from connector.store.store import sqlite_url_for
+from connector.store.store import sqlite_url_for, utcnow
 from connector.wiring import build_engine
 from tests.daemon_helpers import (
     FAST_HTTP,
@@ -34,13 +34,14 @@ from tests.daemon_helpers import (
 
 SOURCES = ("meditrak", "meditrak_import")
 SHUTDOWN_TIMEOUT_S = 10
+SLOW_LATENCY_MS = 40
 
 
 @pytest.fixture(scope="module")
 def slow_sandbox() -> Iterator[SandboxServer]:
     # Latency stretches a meditrak run (6 pages, a detail call per invoice) to ~1-2 s, long
     # enough to be caught mid-run; the import source answers in one call per page.
-    options = SandboxOptions(invoices=60, seed=11, latency_ms=40, dialects=SOURCES)
+    options = SandboxOptions(invoices=60, seed=11, latency_ms=SLOW_LATENCY_MS, dialects=SOURCES)
     with SandboxServer(options) as server:
         yield server
 
@@ -54,7 +55,7 @@ def test_daemon_runs_on_schedule_and_stops_cleanly_mid_run(
         slow_sandbox,
         url,
         SOURCES,
-        source_fields={"page_size": 10, "schedule": "1s"},
+        source_fields={"page_size": 5, "schedule": "1s"},
         daemon={
             "jitter": "0s",
             "shutdown_timeout": f"{SHUTDOWN_TIMEOUT_S}s",
@@ -88,15 +89,27 @@ def test_daemon_runs_on_schedule_and_stops_cleanly_mid_run(
         assert 'connector_runs_total{source="meditrak",outcome="ok"}' in metrics
         assert 'connector_source_lag_seconds{source="meditrak"}' in metrics
 
-        # SIGTERM while meditrak is mid-run, with at least one batch of it committed.
-        with Store(url) as store:
+        # SIGTERM while meditrak is mid-run, with at least one batch of it committed. Its
+        # requests are slowed first, and it is caught early (at most 3 of its 12 batches
+        # written): 45 detail calls remain, at most 8 of them already in flight, 8 at a time
+        # and 300 ms each, so the run lasts >= 1.5 s after the check and a loaded machine
+        # cannot let it finish before the signal lands.
+        slow_sandbox.set_faults("meditrak", latency_ms=300)
+        try:
+            with Store(url) as store:
 
-            def meditrak_mid_run() -> bool:
-                last = store.runs("meditrak", limit=1)
-                return bool(last) and last[0].status == "running" and last[0].counts["batches"] > 0
+                def meditrak_mid_run() -> bool:
+                    last = store.runs("meditrak", limit=1)
+                    return (
+                        bool(last)
+                        and last[0].status == "running"
+                        and 1 <= last[0].counts["batches"] <= 3
+                    )
 
-            wait_for(meditrak_mid_run, timeout=20, interval=0.01)
-        code, seconds = terminate(daemon, timeout=SHUTDOWN_TIMEOUT_S + 10)
+                wait_for(meditrak_mid_run, timeout=30, interval=0.01)
+            code, seconds = terminate(daemon, timeout=SHUTDOWN_TIMEOUT_S + 10)
+        finally:
+            slow_sandbox.set_faults("meditrak", latency_ms=SLOW_LATENCY_MS)
         assert code == 0, daemon.stderr()[-2000:]
         assert seconds < SHUTDOWN_TIMEOUT_S, seconds
         stopped = daemon.events("daemon.stopped")
@@ -250,8 +263,12 @@ def test_sigterm_waits_for_no_more_than_the_batch_in_flight(
 
 
 def test_source_lock_rows_exclude_a_second_holder_until_released_or_expired(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # SQLite leases read this process's clock: a stopped one, moved on by the test, so that a
+    # stall of a loaded machine between two steps cannot expire a lease the test relies on.
+    now = [utcnow()]
+    monkeypatch.setattr(coordination, "utcnow", lambda: now[0])
     with Store(sqlite_url_for(tmp_path / "s.db")) as store:
         first = source_lock(store, "meditrak", timedelta(seconds=0.3))
         second = source_lock(store, "meditrak", timedelta(seconds=0.3))
@@ -262,6 +279,9 @@ def test_source_lock_rows_exclude_a_second_holder_until_released_or_expired(
         assert first.renew()
         first.release()
         assert second.acquire()
-        time.sleep(0.4)  # second stops renewing, as a killed daemon would
+        # second stops renewing, as a killed daemon would: held until its lease ends.
+        now[0] += timedelta(seconds=0.2)
+        assert not first.acquire()
+        now[0] += timedelta(seconds=0.2)
         assert first.acquire()
         assert not second.renew()

@@ -5,6 +5,7 @@ errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -208,12 +209,20 @@ def test_redirects_are_not_followed() -> None:
 def test_concurrency_is_bounded_per_source() -> None:
     active = 0
     peak = 0
+    full = asyncio.Event()
 
     async def slow(request: httpx.Request) -> httpx.Response:
         nonlocal active, peak
         active += 1
         peak = max(peak, active)
-        await asyncio.sleep(0.05)
+        if active >= 3:
+            full.set()
+        # Held until three are in flight rather than for a fixed time, so that the peak does
+        # not depend on how quickly the loop gets the requests going; the timeout only keeps a
+        # too-low bound from hanging (`peak == 3` then fails).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(full.wait(), timeout=5)
+        await asyncio.sleep(0.01)
         active -= 1
         return httpx.Response(200, json={"n": request.url.params["n"]})
 
@@ -229,18 +238,29 @@ def test_concurrency_is_bounded_per_source() -> None:
 
 
 def test_sliding_window_limiter_never_exceeds_its_limit() -> None:
+    window = 1.0
+
     async def go() -> list[float]:
-        limiter = SlidingWindowLimiter(3, window=0.4)
+        limiter = SlidingWindowLimiter(3, window=window)
         starts = []
         for _ in range(5):
+            called = time.monotonic()
             await limiter.acquire()
-            starts.append(time.monotonic())
+            returned = time.monotonic()
+            # The start the limiter counted (its own clock reading), which must lie within the
+            # call: measuring after `acquire` returns instead adds a preemption delay to the
+            # first start that can hide a too-early fourth one, or fail a correct limiter.
+            start = limiter._starts[-1]
+            assert called <= start <= returned
+            starts.append(start)
         return starts
 
     starts = asyncio.run(go())
-    assert starts[2] - starts[0] < 0.2
-    assert starts[3] - starts[0] >= 0.4
-    assert starts[4] - starts[1] >= 0.4
+    # Three starts are free: had the third waited, it would be a whole window after the first
+    # (the window is long so that a stalled machine cannot take that long by itself).
+    assert starts[2] - starts[0] < window
+    assert starts[3] - starts[0] >= window
+    assert starts[4] - starts[1] >= window
 
 
 @respx.mock

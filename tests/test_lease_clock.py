@@ -23,7 +23,9 @@ SINCE, UNTIL = date(2025, 1, 1), date(2025, 1, 21)
 KEY = backfill_key(SOURCE, SINCE, UNTIL)
 SLICES = [(SINCE, date(2025, 1, 7)), (date(2025, 1, 8), date(2025, 1, 14))]
 LIVE = timedelta(minutes=10)
-SHORT = timedelta(seconds=1)
+# Waited out by several tests, yet long enough that a loaded machine stalling between two
+# statements does not end a lease the next statement still needs live.
+SHORT = timedelta(seconds=2)
 SKEW = timedelta(hours=1)
 
 

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.postgres
 
 SOURCES = ("meditrak", "meditrak_import")
 SINCE, UNTIL = date(2025, 1, 1), date(2025, 12, 31)
+LATENCY_MS = 40
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def pg_store_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[SandboxServer]:
-    options = SandboxOptions(invoices=60, seed=17, latency_ms=40, dialects=SOURCES)
+    options = SandboxOptions(invoices=60, seed=17, latency_ms=LATENCY_MS, dialects=SOURCES)
     with SandboxServer(options) as server:
         yield server
 
@@ -129,13 +130,28 @@ def test_two_backfill_processes_split_the_windows(
     )
     with Store(pg_store_url) as store:
         seed_registry(sandbox, store)
+    key = backfill_key("meditrak", SINCE, UNTIL)
+
+    def processes_holding_windows() -> set[str]:
+        with Store(pg_store_url, migrate=False) as store:
+            owners = [w.lease_owner for w in BackfillWindows(store, key, "meditrak").windows()]
+        return {owner.rsplit(":", 1)[0] for owner in owners if owner}
+
     with connector_processes(tmp_path) as start:
-        workers = [start(*backfill_command(cfg, "--workers", "1", "--lease", "5s")) for _ in "ab"]
+        # Slow answers until both processes hold a window: on a loaded machine the second one
+        # may start seconds after the first, which at full speed could take every window alone.
+        sandbox.set_faults("meditrak", latency_ms=1000)
+        try:
+            workers = [
+                start(*backfill_command(cfg, "--workers", "1", "--lease", "5s")) for _ in "ab"
+            ]
+            wait_for(lambda: len(processes_holding_windows()) == 2, timeout=60, interval=0.1)
+        finally:
+            sandbox.set_faults("meditrak", latency_ms=LATENCY_MS)
         for worker in workers:
             assert worker.wait(90) == 0, worker.stderr()[-3000:]
     with Store(pg_store_url, migrate=False) as store:
-        windows = BackfillWindows(store, backfill_key("meditrak", SINCE, UNTIL), "meditrak")
-        done = windows.windows()
+        done = BackfillWindows(store, key, "meditrak").windows()
         assert {w.status for w in done} == {"done"}
         assert len(done) == 13
         # Each window synced exactly once, and both processes took some.

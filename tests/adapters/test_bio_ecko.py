@@ -404,12 +404,16 @@ def test_calls_without_a_live_token_get_401(sandbox: SandboxServer) -> None:
 
 def test_tokens_die_after_expires_in(private_sandbox: SandboxServer) -> None:
     dialect = private_sandbox.dialect(DIALECT)
-    dialect.token_lifetime_s = 0.3  # type: ignore[attr-defined]
+    # Long enough that the first call, right after the login, is inside it on a loaded machine.
+    lifetime = 1.5
+    dialect.token_lifetime_s = lifetime  # type: ignore[attr-defined]
     answer = login(private_sandbox)
-    assert answer.json()["expires_in"] == 0.3
+    assert answer.json()["expires_in"] == lifetime
     with api(private_sandbox) as client:
+        issued_by = time.monotonic()  # the sandbox (same clock) issued the token before this
         assert client.get("billing/invoices").status_code == 200
-        time.sleep(0.4)
+        # Past the lifetime by the sandbox's clock, however long the steps above took.
+        time.sleep(max(0.0, issued_by + lifetime + 0.05 - time.monotonic()))
         expired = client.get("billing/invoices")
     assert expired.status_code == 401
     assert expired.json()["error"]["code"] == "token_expired"

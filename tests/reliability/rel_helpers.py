@@ -28,12 +28,14 @@ PG_REQUIRED_ENV = "CONNECTOR_REQUIRE_PG"
 PG_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/"
 
 # Fast retries for tests, but enough of them that 10 % faults never exhaust the budget
-# (seven faults in a row: 1e-7 per request).
+# (seven faults in a row: 1e-7 per request). The timeout is far above a healthy answer's time
+# on a loaded machine (~0.15 s at most seen with the CPUs oversubscribed): a spurious timeout
+# would add a request that tests counting requests or logins would take for a bug.
 RETRYING_HTTP: dict[str, Any] = {
     "max_retries": 6,
     "backoff_base": "20ms",
     "backoff_max": "200ms",
-    "timeout": "500ms",
+    "timeout": "2s",
     "max_retry_after": "5s",
 }
 

@@ -9,7 +9,6 @@ that stays down fails its source alone, in bounded time, and the next run recove
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pytest
 
 from connector import http as connector_http
 from connector.sandbox import SandboxOptions, SandboxServer
-from connector.sandbox._server import FAULT_KINDS, RequestLogEntry
+from connector.sandbox._server import FAULT_KINDS, FaultSettings, RequestLogEntry
 from connector.sandbox.splose import SploseDialect
 from connector.store.store import sqlite_url_for
 from tests.reliability.rel_helpers import (
@@ -33,8 +32,12 @@ from tests.reliability.rel_helpers import (
 )
 
 RETRY_AFTER_S = 1
-STALL_S = 1.5
-CLIENT_TIMEOUT_S = 0.5
+# The client's timeout is well above a healthy answer's time on a loaded machine (up to
+# ~0.15 s seen with the CPUs oversubscribed), so that only the injected stalls time out: a
+# spurious timeout would cost an extra request that the bounded-retry check counts.
+CLIENT_TIMEOUT_S = 1.5
+STALL_S = CLIENT_TIMEOUT_S + 1.0
+FAULT_HTTP = {**RETRYING_HTTP, "timeout": f"{CLIENT_TIMEOUT_S}s"}
 BACKOFF_MAX_S = 0.2
 # Scheduling slack on a loaded CI machine.
 SLACK_S = 2.0
@@ -67,13 +70,21 @@ def reference(
     sandbox.set_faults(fault_rate=0.0)
     sandbox.reset_stats()
     path = tmp_path_factory.mktemp("reference") / "store.db"
-    config = sandbox_app_config(sandbox, sqlite_url_for(path))
+    config = sandbox_app_config(sandbox, sqlite_url_for(path), http=FAULT_HTTP)
     with seeded_store(sandbox, config.store.sqlalchemy_url()) as store:
         results = sync_all(config, store)
         assert all(r.ok for r in results.values()), {n: r.error for n, r in results.items()}
         expected = snapshot(store, sandbox.dialect_names)
     requests = {name: sandbox.stats(name)["requests"] for name in sandbox.dialect_names}
     return expected, requests
+
+
+def wait_for_stalled_answers(server: SandboxServer) -> None:
+    """Until every answer the sandbox held back (a stall outlives the client's wait) is done."""
+    deadline = time.monotonic() + STALL_S + SLACK_S
+    while any(server.stats(n)["in_flight"] for n in server.dialect_names):
+        assert time.monotonic() < deadline, "the sandbox never finished its stalled answers"
+        time.sleep(0.05)
 
 
 def next_attempt(log: list[RequestLogEntry], fault: RequestLogEntry) -> RequestLogEntry | None:
@@ -93,7 +104,7 @@ def test_every_source_survives_ten_percent_mixed_faults(
     sandbox.reset_stats()
     sandbox.set_faults(fault_rate=0.1)
     try:
-        config = sandbox_app_config(sandbox, sqlite_url_for(tmp_path / "store.db"))
+        config = sandbox_app_config(sandbox, sqlite_url_for(tmp_path / "store.db"), FAULT_HTTP)
         with seeded_store(sandbox, config.store.sqlalchemy_url()) as store:
             started = time.monotonic()
             results = sync_all(config, store)
@@ -108,10 +119,7 @@ def test_every_source_survives_ten_percent_mixed_faults(
         sandbox.set_faults(fault_rate=0.0)
 
     # Stalled answers are still being held back: let them finish before reading the log.
-    deadline = time.monotonic() + STALL_S + SLACK_S
-    while any(sandbox.stats(n)["in_flight"] for n in sandbox.dialect_names):
-        assert time.monotonic() < deadline, "the sandbox never finished its stalled answers"
-        time.sleep(0.05)
+    wait_for_stalled_answers(sandbox)
     by_kind: Counter[str] = Counter()
     retry_after_gaps: list[float] = []
     timeout_waits: list[float] = []
@@ -172,9 +180,12 @@ def test_the_rate_limit_holds_while_retrying(
     """Splose allows N requests per window and retries count: with 10 % faults (429s among
     them) the vendor never sees more than N requests in any window and never has to refuse one.
     The window is scaled from 60 s to 3 s on both sides so the test takes seconds; the
-    sandbox's window is slightly shorter than the client's, so that network jitter cannot
-    make an honest client look guilty."""
+    sandbox's window is shorter than the client's, so that the lag between the client's stamp
+    and the sandbox's cannot make an honest client look guilty. A retry that skipped the
+    limiter would still show: it follows its fault within the back-off, inside any window."""
     limit = 8
+    # 0.5 s of lag allowance: a loaded machine delays single answers by a tenth of a second.
+    vendor_window_s = 2.5
 
     class ScaledLimiter(connector_http.SlidingWindowLimiter):
         def __init__(self, limit: int, window: float = 60.0) -> None:
@@ -189,19 +200,20 @@ def test_the_rate_limit_holds_while_retrying(
         fault_kinds=FAULT_KINDS,
         stall_s=STALL_S,
         retry_after_s=RETRY_AFTER_S,
-        stats_window_s=2.9,
+        stats_window_s=vendor_window_s,
     )
     with SandboxServer(options) as server:
         dialect = server.dialect("splose")
         assert isinstance(dialect, SploseDialect)
-        dialect.rate_limit, dialect.rate_window_s = limit, 2.9
-        http = {**RETRYING_HTTP, "requests_per_minute": limit}
+        dialect.rate_limit, dialect.rate_window_s = limit, vendor_window_s
+        http = {**FAULT_HTTP, "requests_per_minute": limit}
         config = sandbox_app_config(server, sqlite_url_for(tmp_path / "s.db"), http=http)
         with seeded_store(server, config.store.sqlalchemy_url()) as store:
             results = sync_all(config, store)
             assert results["splose"].ok, results["splose"].error
             stored = store.count_invoices("splose") + store.count_quarantined("splose")
             assert stored == served_count(server, "splose")
+        wait_for_stalled_answers(server)  # not cut off (and reported) when the server stops
         stats = server.stats("splose")
     assert stats["requests"] > 2 * limit, "the test must span several windows"
     assert stats["faults_injected"] > 0
@@ -225,7 +237,7 @@ def test_a_vendor_that_stays_down_fails_alone_and_the_next_run_resumes(tmp_path:
         retry_after_s=RETRY_AFTER_S,
         latency_ms=5,
     )
-    http = {**RETRYING_HTTP, "max_retries": 3}
+    http = {**FAULT_HTTP, "max_retries": 3}
     with SandboxServer(options) as server:
         reference_config = sandbox_app_config(server, sqlite_url_for(tmp_path / "ref.db"), http)
         with seeded_store(server, reference_config.store.sqlalchemy_url()) as store:
@@ -233,23 +245,23 @@ def test_a_vendor_that_stays_down_fails_alone_and_the_next_run_resumes(tmp_path:
             expected = snapshot(store, server.dialect_names)
         server.reset_stats()
 
-        stop = threading.Event()
+        # Down from the 41st request on, decided as each request arrives: a thread watching
+        # the count could be scheduled too late on a loaded machine, after the last page.
+        mounted = server._get(down)
+        faults = mounted.faults
 
-        def take_down_after_a_few_pages() -> None:
-            while not stop.wait(0.002):
-                if server.stats(down)["requests"] >= 40:
-                    server.set_faults(down, fault_rate=1.0)
-                    return
+        def down_after_a_few_pages() -> str | None:
+            if mounted.stats.requests > 40:
+                faults.fault_rate = 1.0
+            return FaultSettings.draw(faults)
 
-        watcher = threading.Thread(target=take_down_after_a_few_pages, daemon=True)
-        watcher.start()
+        faults.draw = down_after_a_few_pages  # type: ignore[method-assign]
         config = sandbox_app_config(server, sqlite_url_for(tmp_path / "store.db"), http)
         with seeded_store(server, config.store.sqlalchemy_url()) as store:
             started = time.monotonic()
             first = sync_all(config, store)
             elapsed = time.monotonic() - started
-            stop.set()
-            watcher.join()
+            del faults.draw  # back to the class's own draw, driven by fault_rate
             assert not first[down].ok
             assert "still failing after 4 attempts" in str(first[down].error), first[down].error
             for name in server.dialect_names:
@@ -270,3 +282,4 @@ def test_a_vendor_that_stays_down_fails_alone_and_the_next_run_resumes(tmp_path:
             assert snapshot(store, server.dialect_names) == expected
             statuses = [r.status for r in store.runs(down)]
             assert statuses == ["ok", "failed"], statuses
+        wait_for_stalled_answers(server)

@@ -15,6 +15,7 @@ import pytest
 
 from connector.engine import RunResult
 from connector.sandbox import SandboxOptions, SandboxServer
+from connector.sandbox._server import FaultSettings
 from connector.sandbox.splose import SploseDialect
 from connector.store import Store
 from connector.store.store import sqlite_url_for
@@ -104,26 +105,24 @@ def test_a_next_link_that_loops_back_stops_with_a_contract_error(tmp_path: Path)
 def test_a_token_expiring_mid_run_is_refreshed_once(name: str, tmp_path: Path) -> None:
     options = SandboxOptions(invoices=120, seed=23, defect_rate=0.1, dialects=(name,))
     with SandboxServer(options) as server:
-        # Slow the vendor a little so the run is surely still going when the token dies.
-        server.set_faults(name, latency_ms=10)
-        stop = threading.Event()
+        # The tokens die as the first data request (after the login) arrives, before it is
+        # authorised: decided in the sandbox's own request path, where a watcher thread could be
+        # scheduled too late on a loaded machine (citabox's whole run is one data request).
+        mounted = server._get(name)
+        faults = mounted.faults
         expired = threading.Event()
 
-        def expire_mid_run() -> None:
-            while not stop.wait(0.001):
-                stats = server.stats(name)
-                if stats["requests"] >= 2:  # the login, then a data request held in latency
-                    server.dialect(name).expire_tokens()
-                    expired.set()
-                    return
+        def expire_on_the_second_request() -> str | None:
+            if mounted.stats.requests >= 2 and not expired.is_set():
+                server.dialect(name).expire_tokens()
+                expired.set()
+            return FaultSettings.draw(faults)
 
-        watcher = threading.Thread(target=expire_mid_run, daemon=True)
-        watcher.start()
+        faults.draw = expire_on_the_second_request  # type: ignore[method-assign]
         try:
             result, store = sync_one(server, name, tmp_path / "store.db")
         finally:
-            stop.set()
-            watcher.join()
+            del faults.draw
         with store:
             assert expired.is_set()
             assert result.ok, result.error

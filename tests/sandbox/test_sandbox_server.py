@@ -186,19 +186,21 @@ def test_requests_per_window_are_counted_per_credential(make_sandbox: Any) -> No
 
 
 def test_latency_is_applied_and_adjustable(make_sandbox: Any) -> None:
-    # A second of latency: an undelayed request stays well below it even on a loaded machine.
-    server = make_sandbox(dialects=("meditrak",), latency_ms=1000)
+    # Two seconds of latency: a delayed request takes at least that long, and an undelayed one
+    # (milliseconds) stays below it even when a loaded machine stalls the test for a second.
+    latency = 2.0
+    server = make_sandbox(dialects=("meditrak",), latency_ms=latency * 1000)
     with client_for(server, "meditrak") as api, admin_for(server, "meditrak") as admin:
         started = time.monotonic()
         api.get("invoices/")
-        assert time.monotonic() - started >= 1.0
+        assert time.monotonic() - started >= latency
         started = time.monotonic()
         admin.get("stats")  # admin routes are never delayed
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < latency
         assert admin.post("faults", json={"latency_ms": 0}).json()["latency_ms"] == 0
         started = time.monotonic()
         api.get("invoices/")
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < latency
 
 
 def test_full_fault_rate_answers_429_or_503(make_sandbox: Any) -> None:
