@@ -25,6 +25,7 @@ from tests.conftest import FAST_HTTP, seed_registry, sources_for, sync_wired, wr
 from tests.test_validate_report import (
     assert_markdown_tables,
     assert_matches_schema,
+    assert_readable_html,
     assert_self_contained_html,
 )
 
@@ -125,7 +126,10 @@ def test_every_format(history: tuple[SandboxServer, AppConfig, Path]) -> None:
     assert "| run | kind | status | started |" in markdown
     html = render(report, "html")
     parser = assert_self_contained_html(html)
+    assert_readable_html(html)
     assert "svg" in parser.seen
+    # The per-day quarantine table names reason codes in its header: breakable at "_".
+    assert "_<wbr>" in html
     for code in report["sources"][1]["quarantine_by_reason"]:
         assert code in html and code in markdown
 

@@ -22,6 +22,8 @@ from connector.cli_sandbox import seed_sandbox_registry
 from connector.config import AppConfig, build_config
 from connector.policies import PatientLink
 from connector.reports import render
+from connector.reports.blocks import Bar, Chart, Table, render_text
+from connector.reports.html import render_html
 from connector.sandbox import EXPECTED_REASON, SandboxOptions, SandboxServer
 from connector.sandbox._dialect import available_dialects
 from connector.sandbox.meditrak import MEDITRAK_DEFECTS
@@ -232,6 +234,35 @@ def assert_self_contained_html(text: str) -> _TagBalance:
         assert "http:" not in tag and "https:" not in tag, tag
     assert "@media print" in text
     return parser
+
+
+def assert_readable_html(text: str) -> None:
+    """What a reader needs beyond well-formed HTML (checked once in a browser at 1280 px, at
+    420 px and printed): wide tables scroll in their own box instead of widening the page,
+    long findings tables become cards on a phone, and print keeps rows and headings whole."""
+    css = text[text.index("<style>") : text.index("</style>")]
+    tables = text.count("<table")
+    assert text.count('<div class="scroll"><table') == tables, "a table outside a scroll box"
+    assert "overflow-x: auto" in css
+    # Letters of an id or a code are never split onto lines of their own.
+    assert "anywhere" not in css.split(".chart .label")[0]
+    assert "@media (max-width: 640px)" in css and "attr(data-label)" in css
+    for table in re.findall(r'<table class="[^"]*\bstack\b.*?</table>', text, flags=re.DOTALL):
+        cells = re.findall(r"<td[^>]*>", table)
+        assert cells and all("data-label=" in cell for cell in cells)
+    print_css = css[css.index("@media print") :]
+    for rule in (
+        "thead { display: table-header-group; }",
+        "tr, li { break-inside: avoid;",
+        "h1, h2, h3, figcaption { break-after: avoid;",
+        ".scroll { overflow: visible; }",
+    ):
+        assert rule in print_css, rule
+    # A table may be split across pages (row by row): only whole-table avoidance is gone.
+    assert "table, figure { break-inside" not in print_css
+    # Charts: the bars are SVG, their labels and values text the page can wrap and scale.
+    for svg in re.findall(r"<svg[^>]*>", text):
+        assert 'viewBox="0 0 100 10"' in svg and "width=" not in svg.split("viewBox")[0]
 
 
 def assert_no_patient_data(text: str, server: SandboxServer, name: str) -> None:
@@ -457,7 +488,16 @@ def test_server_down_is_a_refused_connection(tmp_path: Path) -> None:
     assert report["contract"] is None and report["mapping"] is None
     assert_matches_schema(report)
     for fmt in ("text", "md", "html"):
-        assert "connection refused" in render(report, fmt)
+        rendered = render(report, fmt)
+        assert "connection refused" in rendered
+        # The numbering does not jump from 1 to 4, and nothing reads as a success.
+        assert "2. Contract compliance" in rendered and "3. Mapping coverage" in rendered
+        assert "Not checked: no record could be read (the connection failed at step" in rendered
+        assert "No record is blocked" not in rendered
+        assert "No record could be read: fix the failed connection step" in rendered
+    html = render(report, "html")
+    assert_readable_html(html)
+    assert '<span class="verdict tone-bad">Verdict: UNREACHABLE' in html
 
 
 def _serve(app: web.Application, check: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
@@ -590,12 +630,47 @@ def test_every_format_of_a_real_report(
         assert assert_markdown_tables(markdown) >= 6
         assert "| field | checked | present | valid | pass | problems |" in markdown
         parser = assert_self_contained_html(html)
+        assert_readable_html(html)
         assert {"svg", "rect", "table", "style"} <= parser.seen
-        assert html.count("<svg") >= 2  # pass rates per field, reasons
+        assert html.count("<figure><figcaption>") >= 2  # pass rates per field, reasons
+        assert html.count("<svg") >= len(report["contract"]["fields"]) + len(report["fixes"])
+        # The findings and the fixes read as cards on a phone.
+        assert html.count('<table class="full stack">') == 2
         for fix in report["fixes"]:
             assert fix["reason"] in html and fix["reason"] in markdown
         masked = [r["patient"]["name"] for r in report["records"] if r["patient"]["name"]]
         assert masked and all("*" in m for m in masked)
+
+
+def test_charts_and_tables_render_for_reading() -> None:
+    """The HTML and text renderings of the building blocks, without a sandbox."""
+    rates = Chart("rates", [Bar("id", 1.0, "100.0%", "ok"), Bar("x", 0.5, "50.0%", "bad")], 1.0)
+    counts = Chart("counts", [Bar("A_B", 4, "4", "bad"), Bar("C", 1, "1", "bad")], 4.0, False)
+    table = Table(
+        ("last seen (day)", "INVOICE_TOTAL_MISMATCH", "NO_ITEMS"),
+        [("2026-11-22", "5", "3"), ("total", "15", "3")],
+        numeric=frozenset({1, 2}),
+    )
+    findings = Table(("id", "finding"), [("INV-1", "x" * 40)], tones=["bad"], stack=True)
+    html = render_html([rates, counts, table, findings], "t")
+    assert_self_contained_html(html)
+    assert_readable_html(html)
+    # A rate is drawn against its whole (grey remainder); a count only as long as its share
+    # of the largest, without a remainder that would read as "out of the largest".
+    assert html.count('fill="#eaeef2"') == 2
+    assert '<rect width="50.0" height="10" fill="#cf222e"/>' in html
+    assert 'style="width: 100.0%"' in html and 'style="width: 25.0%"' in html
+    assert '<div class="chart counts">' in html
+    # Reason codes as column headers break after an underscore, never inside a word.
+    assert "INVOICE_<wbr>TOTAL_<wbr>MISMATCH</th>" in html
+    # Short cells (dates, ids) do not wrap; free text does, with a minimum width.
+    assert '<td class="nw">2026-11-22</td>' in html
+    assert '<td class="wrap" data-label="finding">' in html
+    assert '<table class="full stack">' in html
+    # Text: a numeric last column is right-aligned like the others, not left-aligned.
+    lines = render_text([table]).splitlines()
+    assert lines[-2].endswith("        3") and lines[-1].endswith("        3")
+    assert lines[0].endswith("NO_ITEMS")
 
 
 def test_the_documented_example_matches_the_schema() -> None:

@@ -35,6 +35,9 @@ class Table:
     numeric: frozenset[int] = frozenset()
     # Optional tone per row (same length as rows), e.g. a failed step.
     tones: list[Tone] = field(default_factory=list)
+    # HTML on a narrow screen: one card per row (label: value lines) instead of columns.
+    # For tables a reader goes through row by row (findings, fixes), not for number grids.
+    stack: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,15 @@ class Bar:
 
 @dataclass(frozen=True)
 class Chart:
-    """Horizontal bars; `scale` is the value of a full bar (1.0 for rates)."""
+    """Horizontal bars; `scale` is the value of a full bar (1.0 for rates).
+
+    `track` draws the empty remainder of each bar: right for a share of a whole (rates),
+    wrong for counts scaled to the largest one (it would read as "out of the largest")."""
 
     title: str
     bars: list[Bar]
     scale: float
+    track: bool = True
 
 
 Block = Heading | Para | Table | Bullets | Chart
@@ -99,9 +106,15 @@ def _text_table(table: Table, width: int) -> list[str]:
     fixed = sum(widths[:-1]) + 2 * (len(widths) - 1)
     widths[-1] = max(len(table.columns[-1]), min(widths[-1], max(20, width - fixed)))
 
+    last_numeric = len(widths) - 1 in table.numeric
+
     def lines_of(cells: tuple[str, ...]) -> list[str]:
-        # The last column wraps onto continuation lines instead of being cut.
-        last = textwrap.wrap(cells[-1], widths[-1]) or [""]
+        # The last column wraps onto continuation lines instead of being cut (numbers do
+        # not wrap: they are right-aligned like every numeric column).
+        if last_numeric:
+            last = [cells[-1].rjust(widths[-1])]
+        else:
+            last = textwrap.wrap(cells[-1], widths[-1]) or [""]
         out = []
         for number, tail in enumerate(last):
             shown = cells[:-1] if number == 0 else tuple("" for _ in cells[:-1])

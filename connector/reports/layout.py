@@ -28,7 +28,8 @@ def validation_blocks(report: dict[str, Any]) -> list[Block]:
     source = report["source"]
     summary = report["summary"]
     verdict = report["verdict"]
-    tone: Tone = {"ready": "ok", "not ready": "bad"}.get(verdict, "warn")  # type: ignore[assignment]
+    # "unreachable" (exit 2) is a failure as much as "not ready": nothing could be checked.
+    tone: Tone = {"ready": "ok", "not ready": "bad", "unreachable": "bad"}.get(verdict, "warn")  # type: ignore[assignment]
     blocks: list[Block] = [
         Heading(1, f"Validation report: {source['name']} ({source['type']})"),
         Para(f"{source['base_url']} - generated {report['generated_at']}", "muted"),
@@ -54,12 +55,24 @@ def validation_blocks(report: dict[str, Any]) -> list[Block]:
             tones=[_STEP_TONES.get(s["status"], "") for s in steps],
         ),
     ]
+    # Sections 2 and 3 keep their headings when nothing could be read, so the numbering
+    # does not jump from 1 to 4 and the reader is told why they are empty.
+    failed = next((s["name"] for s in steps if s["status"] == "fail"), None)
+    not_checked = Para(
+        "Not checked: no record could be read"
+        + (f" (the connection failed at step '{failed}')." if failed else "."),
+        "muted",
+    )
     contract = report["contract"]
     if contract is not None:
         blocks += _contract_blocks(contract)
+    else:
+        blocks += [Heading(2, "2. Contract compliance"), not_checked]
     mapping = report["mapping"]
     if mapping is not None:
         blocks += _mapping_blocks(mapping)
+    else:
+        blocks += [Heading(2, "3. Mapping coverage"), not_checked]
     blocks += _fix_blocks(report)
     return blocks
 
@@ -159,14 +172,17 @@ def _mapping_blocks(mapping: dict[str, Any]) -> list[Block]:
         ]
     if categories["unrecognised_words"]:
         blocks += [
-            Heading(3, "Vendor category words not in the map (placed by description only)"),
+            Heading(3, "Vendor category words not in the map (placed by description, if at all)"),
             Table(
-                ("vendor word", "items", "placed by"),
+                ("vendor word", "items", "placed by (items)"),
                 [
                     (
                         w["word"],
                         str(w["count"]),
-                        ", ".join(f"{k} {n}" for k, n in w["placed_by"].items()),
+                        ", ".join(
+                            f"{'no rule' if k == 'none' else k + ' rule'}: {n}"
+                            for k, n in w["placed_by"].items()
+                        ),
                     )
                     for w in categories["unrecognised_words"]
                 ],
@@ -199,7 +215,11 @@ def _mapping_blocks(mapping: dict[str, Any]) -> list[Block]:
 def _fix_blocks(report: dict[str, Any]) -> list[Block]:
     fixes = report["fixes"]
     blocks: list[Block] = [Heading(2, "4. Verdict and fixes")]
-    if not fixes:
+    if not fixes and report["contract"] is None:
+        blocks.append(
+            Para("No record could be read: fix the failed connection step above first.", "bad")
+        )
+    elif not fixes:
         blocks.append(Para("No record is blocked.", "ok"))
     else:
         top = max(f["records"] for f in fixes)
@@ -208,6 +228,7 @@ def _fix_blocks(report: dict[str, Any]) -> list[Block]:
                 "Records blocked per reason",
                 [Bar(f["reason"], f["records"], str(f["records"]), "bad") for f in fixes],
                 float(top),
+                track=False,
             ),
             Table(
                 ("#", "reason", "records", "e.g.", "fix"),
@@ -222,6 +243,7 @@ def _fix_blocks(report: dict[str, Any]) -> list[Block]:
                     for index, f in enumerate(fixes, start=1)
                 ],
                 numeric=frozenset({0, 2}),
+                stack=True,
             ),
         ]
     records = report["records"]
@@ -245,6 +267,7 @@ def _fix_blocks(report: dict[str, Any]) -> list[Block]:
                     for r in shown
                 ],
                 tones=["bad" if r["blocking"] else "warn" for r in shown],
+                stack=True,
             ),
         ]
         if len(records) > len(shown):
@@ -362,6 +385,7 @@ def history_blocks(report: dict[str, Any]) -> list[Block]:
                     f"{s['name']}: quarantined records per reason",
                     [Bar(code, n, str(n), "bad") for code, n in s["quarantine_by_reason"].items()],
                     float(top),
+                    track=False,
                 )
             )
             codes = list(s["quarantine_by_reason"])
