@@ -11,16 +11,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from connector.cli import get_app
 from connector.model import Patient
 from connector.policies import PatientLink, PolicyRecord
 from connector.store import Store
 from connector.store.policies import import_links, list_policies
 from connector.store.store import sqlite_url_for
 from tests.conftest import run_connector
-from tests.test_policies_replace import registry_text
+from tests.test_policies_replace import invoke, registry_text
 from tests.test_store import accepted, make
 
 KEYS = {
@@ -59,10 +58,6 @@ def config_file(tmp_path: Path) -> Path:
     config = tmp_path / "connector.yaml"
     config.write_text(f"store:\n  url: {tmp_path / 'cli.db'}\n", encoding="utf-8")
     return config
-
-
-def invoke(config: Path, *args: str) -> Result:
-    return CliRunner().invoke(get_app(), ["-c", str(config), "--log-level", "error", *args])
 
 
 def counts(result: Result) -> dict[str, Any]:
