@@ -14,12 +14,12 @@ import httpx
 import orjson
 from pydantic import Field, SecretStr
 
-from connector.adapter import FetchRequest, ListDetailAdapter
-from connector.auth import OAuth2ClientCredentials, Token
-from connector.config import SourceConfig
 from connector.errors import AuthError, ContractError
-from connector.http import ErrorDescriber, describe_json_error
-from connector.paginate import IndexedPaginator, Paginator, dig
+from connector.settings import SourceConfig
+from connector.sources.adapter import FetchRequest, ListDetailAdapter
+from connector.sources.auth import OAuth2ClientCredentials, Token
+from connector.sources.http import ErrorDescriber, describe_json_error
+from connector.sources.paginate import IndexedPaginator, Paginator, dig
 
 # What the invoice endpoints need; a token granted without it is useless to the importer.
 REQUIRED_SCOPE = "billing:read"

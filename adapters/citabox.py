@@ -20,14 +20,14 @@ import httpx
 import orjson
 from pydantic import Field, SecretStr
 
-from connector.adapter import Adapter as BaseAdapter
-from connector.adapter import FetchRequest, SourcePage
-from connector.auth import Token, TokenAuth
-from connector.config import SourceConfig
 from connector.errors import AuthError, ContractError, RetriableError, RetriesExhausted
-from connector.http import ErrorDescriber, describe_json_error, describe_transport_error
-from connector.mapping_kit import MappingContext
-from connector.paginate import Position
+from connector.mapping.kit import MappingContext
+from connector.settings import SourceConfig
+from connector.sources.adapter import Adapter as BaseAdapter
+from connector.sources.adapter import FetchRequest, SourcePage
+from connector.sources.auth import Token, TokenAuth
+from connector.sources.http import ErrorDescriber, describe_json_error, describe_transport_error
+from connector.sources.paginate import Position
 
 LOGIN_PATH = "auth/login"
 INVOICES_PATH = "billing/invoices"

@@ -22,12 +22,12 @@ import httpx
 import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from connector.adapter import FetchRequest, ListDetailAdapter, SourcePage
-from connector.auth import OAuth2Password
-from connector.config import SourceConfig
-from connector.http import ErrorDescriber, SourceClient
-from connector.lookups import GoneFailsRecord, PerRunLookup
-from connector.paginate import IndexedPaginator, Paginator
+from connector.settings import SourceConfig
+from connector.sources.adapter import FetchRequest, ListDetailAdapter, SourcePage
+from connector.sources.auth import OAuth2Password
+from connector.sources.http import ErrorDescriber, SourceClient
+from connector.sources.lookups import GoneFailsRecord, PerRunLookup
+from connector.sources.paginate import IndexedPaginator, Paginator
 
 PATIENT_KEY = "_patient"
 InvoiceStatusWord = Literal["DRAFT", "ISSUED", "PARTIALY_PAID", "PAID", "VOID", "WRITTEN_OFF"]

@@ -8,11 +8,11 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, SecretStr
 
-from connector.adapter import FetchRequest, ListDetailAdapter
-from connector.auth import BearerKey
-from connector.config import SourceConfig
 from connector.errors import ContractError
-from connector.paginate import IndexedPaginator, Paginator
+from connector.settings import SourceConfig
+from connector.sources.adapter import FetchRequest, ListDetailAdapter
+from connector.sources.auth import BearerKey
+from connector.sources.paginate import IndexedPaginator, Paginator
 
 
 class Config(SourceConfig):

@@ -14,10 +14,10 @@ from urllib.parse import quote
 import httpx
 from pydantic import Field, SecretStr, model_validator
 
-from connector.adapter import FetchRequest, ListDetailAdapter
-from connector.auth import BearerKey
-from connector.config import SourceConfig
-from connector.paginate import IndexedPaginator, Paginator
+from connector.settings import SourceConfig
+from connector.sources.adapter import FetchRequest, ListDetailAdapter
+from connector.sources.auth import BearerKey
+from connector.sources.paginate import IndexedPaginator, Paginator
 
 
 class Config(SourceConfig):

@@ -19,12 +19,12 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, SecretStr, model_validator
 
-from connector.adapter import FetchRequest, ListDetailAdapter, SourcePage
-from connector.auth import BearerKey
-from connector.config import HttpSettings, SourceConfig
-from connector.http import SourceClient
-from connector.lookups import GoneAsNone, PerRunLookup
-from connector.paginate import NextLinkPaginator, Paginator
+from connector.settings import HttpSettings, SourceConfig
+from connector.sources.adapter import FetchRequest, ListDetailAdapter, SourcePage
+from connector.sources.auth import BearerKey
+from connector.sources.http import SourceClient
+from connector.sources.lookups import GoneAsNone, PerRunLookup
+from connector.sources.paginate import NextLinkPaginator, Paginator
 from mappings.splose import DEFAULT_POLICY_PREFIXES, POLICY_PREFIXES_OPTION
 
 # The raw-record key under which the patient resource is attached (never a Splose field).

@@ -30,8 +30,8 @@ def run_connector(spec: dict[str, Any]) -> dict[str, Any]:
     import asyncio
 
     from connector.config import build_config
-    from connector.engine import Engine
     from connector.logging import configure_logging
+    from connector.pipeline.engine import Engine
     from connector.runtime import tune_garbage_collector
     from connector.store import Store
     from connector.store.store import sqlite_url_for

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
-from connector.mapping_kit import (
+from connector.mapping.kit import (
     IsoDate,
     MappingContext,
     Money,

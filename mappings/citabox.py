@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connector.mapping_kit import (
+from connector.mapping.kit import (
     Cents,
     MappingContext,
     OptionalText,

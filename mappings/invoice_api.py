@@ -28,7 +28,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from connector.mapping_kit import (
+from connector.mapping.kit import (
     MappingContext,
     Money,
     OptionalText,

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connector.mapping_kit import (
+from connector.mapping.kit import (
     IsoDate,
     MappingContext,
     Money,

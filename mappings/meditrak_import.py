@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from connector.mapping_kit import (
+from connector.mapping.kit import (
     IsoDate,
     MappingContext,
     Money,

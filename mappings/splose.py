@@ -25,7 +25,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from connector.mapping_kit import (
+from connector.mapping.kit import (
     MappingContext,
     Money,
     OptionalText,

@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from connector.cli.demo import sandbox_sources
 from connector.config import AppConfig
-from connector.demo import sandbox_sources
-from connector.engine import EXIT_AFTER_BATCHES_ENV, RunResult
+from connector.pipeline.engine import EXIT_AFTER_BATCHES_ENV, RunResult
 from connector.sandbox import SandboxServer
 from connector.store import Store
 from connector.store.store import sqlite_url_for
@@ -110,7 +110,7 @@ def store(store_url: str) -> Iterator[Store]:
 def seed_registry(server: SandboxServer, url: str) -> None:
     """Import the sandbox's policy registry and patient links into the store at `url`, as an
     operator runs `connector policies import` before the first sync."""
-    from connector.cli_sandbox import seed_sandbox_registry  # imported late: see module doc
+    from connector.cli.sandbox import seed_sandbox_registry  # imported late: see module doc
 
     with Store(url) as store:
         seed_sandbox_registry(server, store)
@@ -119,7 +119,7 @@ def seed_registry(server: SandboxServer, url: str) -> None:
 def sync_wired(config: AppConfig, store: Store) -> dict[str, RunResult]:
     """One sync of every source through the engine the CLI builds (category rules, policy
     registry check), keyed by source name."""
-    from connector.wiring import build_engine  # imported late: see module doc
+    from connector.pipeline.wiring import build_engine  # imported late: see module doc
 
     results = asyncio.run(build_engine(config, store).sync())
     return {result.source: result for result in results}

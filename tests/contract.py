@@ -16,11 +16,11 @@ from typing import Any, ClassVar
 
 import pytest
 
-from connector.adapter import Adapter, FetchRequest, SourcePage
 from connector.config import SourceConfig
 from connector.errors import AuthError, SourceError
-from connector.registry import source_type
 from connector.sandbox import SandboxOptions, SandboxServer
+from connector.sources.adapter import Adapter, FetchRequest, SourcePage
+from connector.sources.discovery import source_type
 
 FAST_RETRIES = {"max_retries": 3, "backoff_base": 0.01, "backoff_max": 0.05}
 

@@ -22,8 +22,8 @@ import yaml
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from connector.demo import sandbox_sources
-from connector.engine import EXIT_AFTER_BATCHES_ENV
+from connector.cli.demo import sandbox_sources
+from connector.pipeline.engine import EXIT_AFTER_BATCHES_ENV
 from connector.sandbox import SandboxServer
 from connector.store import Store
 from connector.store.schema import invoice, invoice_item, sync_run
@@ -181,7 +181,7 @@ def write_config(
 
 def seed_registry(server: SandboxServer, store: Store) -> None:
     """Import the sandbox's policy registry, so that only the seeded defects are quarantined."""
-    from connector.cli_sandbox import seed_sandbox_registry
+    from connector.cli.sandbox import seed_sandbox_registry
 
     seed_sandbox_registry(server, store)
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from adapters import meditrak_import
-from connector.adapter import DETAIL_PAGES_AHEAD, FetchRequest, SourcePage
-from connector.http import VendorHttpError
+from connector.sources.adapter import DETAIL_PAGES_AHEAD, FetchRequest, SourcePage
+from connector.sources.http import VendorHttpError
 
 BASE = "https://vendor.example/api/"
 PAGE_SIZE = 4

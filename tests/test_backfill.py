@@ -14,22 +14,22 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from connector.backfill import (
+from connector.cli.demo import sandbox_config
+from connector.config import AppConfig
+from connector.daemon.backfill import (
     Backfill,
     LogProgress,
     per_worker_source,
     split_windows,
 )
-from connector.backfill import parse_window as parse_window_days
-from connector.config import AppConfig
-from connector.demo import sandbox_config
+from connector.daemon.backfill import parse_window as parse_window_days
 from connector.errors import ConfigError
+from connector.pipeline.wiring import build_engine
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.store import Store
 from connector.store.coordination import BackfillWindows
 from connector.store.schema import sync_run
 from connector.store.store import sqlite_url_for
-from connector.wiring import build_engine
 from tests.daemon_helpers import (
     FAST_HTTP,
     assert_store_consistent,

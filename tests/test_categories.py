@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from connector.categories import (
+from connector.cli.app import get_app
+from connector.config import build_config
+from connector.errors import ConfigError, RecordError
+from connector.issues import Reason, errors_only
+from connector.model import Category
+from connector.pipeline.categories import (
     FALLBACK_RULE,
     Categorizer,
     categorizer_for,
@@ -19,13 +24,8 @@ from connector.categories import (
     load_rule_set,
     normalize_text,
 )
-from connector.cli import get_app
-from connector.config import build_config
-from connector.engine import RecordProcessor
-from connector.errors import ConfigError, RecordError
-from connector.issues import Reason, errors_only
-from connector.model import Category
-from connector.validation import validate_invoice
+from connector.pipeline.engine import RecordProcessor
+from connector.pipeline.validation import validate_invoice
 from mappings.meditrak_import import MAPPING as IMPORT_MAPPING
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

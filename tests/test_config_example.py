@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from connector.config import load_config
-from connector.registry import source_types
+from connector.sources.discovery import source_types
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 

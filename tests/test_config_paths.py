@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
-from connector.categories import categorizer_for
 from connector.config import build_config, load_config
 from connector.errors import ConfigError
+from connector.pipeline.categories import categorizer_for
 from tests.conftest import write_config
 from tests.test_tls import Pki
 
@@ -167,7 +167,7 @@ def test_categories_explain_from_another_directory_uses_the_configured_rules(
     site: Path, elsewhere: Path
 ) -> None:
     """The CLI, started elsewhere with `-c`, reads the source's rules beside its config."""
-    from connector.cli import get_app
+    from connector.cli.app import get_app
 
     config_file = write_config(
         site / "connector.yaml", {"sources": [source(category_rules="rules/extra.yaml")]}

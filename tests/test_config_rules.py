@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from connector import daemon as daemon_module
-from connector.categories import categorizer_for
 from connector.config import AppConfig, build_config, load_config
-from connector.daemon import Daemon
+from connector.daemon import service as daemon_module
+from connector.daemon.service import Daemon
 from connector.errors import ConfigError
+from connector.pipeline.categories import categorizer_for
+from connector.pipeline.wiring import build_categorizers
 from connector.store import Store
-from connector.wiring import build_categorizers
 from tests.conftest import write_config
 
 ZUMBA_OPTICAL = "rules:\n  - category: optical\n    keywords: [zumba]\n"

@@ -14,13 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from connector.demo import sandbox_config
-from connector.engine import Engine
+from connector.cli.demo import sandbox_config
+from connector.pipeline.engine import Engine
+from connector.pipeline.wiring import build_engine
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.store import Store, coordination
 from connector.store.coordination import source_lock
 from connector.store.store import sqlite_url_for, utcnow
-from connector.wiring import build_engine
 from tests.daemon_helpers import (
     FAST_HTTP,
     assert_store_consistent,

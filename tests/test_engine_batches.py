@@ -6,11 +6,11 @@ import copy
 import json
 from pathlib import Path
 
-from connector.adapter import SourcePage
 from connector.config import AppConfig
-from connector.engine import Engine
 from connector.issues import Reason
-from connector.registry import source_type
+from connector.pipeline.engine import Engine
+from connector.sources.adapter import SourcePage
+from connector.sources.discovery import source_type
 from connector.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from connector.config import AppConfig, build_config
+from connector.pipeline.reprocess import reprocess
+from connector.pipeline.wiring import build_engine
 from connector.reports import history_report, render
-from connector.reprocess import reprocess
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.store import Store
 from connector.store.store import sqlite_url_for
-from connector.wiring import build_engine
 from tests.conftest import FAST_HTTP, seed_registry, sources_for, sync_wired, write_config
 from tests.test_validate_report import (
     assert_markdown_tables,

@@ -19,12 +19,17 @@ import respx
 from pydantic import SecretStr
 
 from adapters import meditrak
-from connector.adapter import FetchRequest
-from connector.auth import BearerKey
 from connector.config import HttpSettings
 from connector.errors import AuthError, ContractError, RetriesExhausted, SourceError
-from connector.http import SlidingWindowLimiter, SourceClient, VendorHttpError, retry_after_seconds
 from connector.issues import Reason
+from connector.sources.adapter import FetchRequest
+from connector.sources.auth import BearerKey
+from connector.sources.http import (
+    SlidingWindowLimiter,
+    SourceClient,
+    VendorHttpError,
+    retry_after_seconds,
+)
 
 BASE = "https://vendor.example/api/"
 T = TypeVar("T")

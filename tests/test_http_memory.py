@@ -12,9 +12,9 @@ import httpx
 import respx
 from pydantic import SecretStr
 
-from connector.auth import BearerKey
 from connector.config import HttpSettings
-from connector.http import SourceClient
+from connector.sources.auth import BearerKey
+from connector.sources.http import SourceClient
 
 BASE = "https://vendor.example/api/"
 

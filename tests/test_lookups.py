@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from connector.adapter import RecordFailure, SourcePage
 from connector.config import HttpSettings
-from connector.http import SourceClient, VendorHttpError
 from connector.issues import Issue, Reason
-from connector.lookups import GoneAsNone, GoneFailsRecord, PerRunLookup
+from connector.sources.adapter import RecordFailure, SourcePage
+from connector.sources.http import SourceClient, VendorHttpError
+from connector.sources.lookups import GoneAsNone, GoneFailsRecord, PerRunLookup
 
 BASE = "https://vendor.example/api/"
 T = TypeVar("T")

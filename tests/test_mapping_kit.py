@@ -1,4 +1,4 @@
-"""The tolerant value types of `connector.mapping_kit` and how their failures become reason
+"""The tolerant value types of `connector.mapping.kit` and how their failures become reason
 codes: money text and numbers, integer cents, strict ISO dates, timestamps to aware UTC."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from connector.errors import RecordError
 from connector.issues import Reason
-from connector.mapping_kit import (
+from connector.mapping.kit import (
     Cents,
     DateOrTimestamp,
     IsoDate,

@@ -18,9 +18,9 @@ import pytest
 
 from connector.errors import RecordError
 from connector.issues import Reason
-from connector.mapping_kit import MappingContext, SourceMapping
+from connector.mapping.kit import MappingContext, SourceMapping
 from connector.model import Category, ImportRecord, InvoiceStatus
-from connector.validation import normalized, validate_invoice
+from connector.pipeline.validation import normalized, validate_invoice
 from mappings import meditrak, meditrak_import
 
 FIXTURES = Path(__file__).with_name("fixtures")

@@ -14,8 +14,8 @@ import respx
 
 from connector.config import HttpSettings
 from connector.errors import ContractError
-from connector.http import SourceClient
-from connector.paginate import (
+from connector.sources.http import SourceClient
+from connector.sources.paginate import (
     IndexedPaginator,
     ListPage,
     NextLinkPaginator,

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from connector.cli import get_app
+from connector.cli.app import get_app
 from connector.config import build_config
 from connector.errors import ConfigError, StoreError
 from connector.issues import Reason

@@ -23,10 +23,10 @@ import yaml
 from sqlalchemy import select
 from typer.testing import CliRunner, Result
 
-from connector.cli import get_app
-from connector.cli_sandbox import sandbox_registry
+from connector.cli.app import get_app
+from connector.cli.demo import sandbox_sources
+from connector.cli.sandbox import sandbox_registry
 from connector.config import load_config
-from connector.demo import sandbox_sources
 from connector.errors import StoreError
 from connector.issues import Reason
 from connector.masking import mask_policy

@@ -12,18 +12,18 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from connector.cli import get_app
-from connector.cli_quarantine import reason_codes_markdown
+from connector.cli.app import get_app
+from connector.cli.quarantine import reason_codes_markdown
 from connector.config import AppConfig, build_config
-from connector.engine import payload_key
 from connector.issues import REASON_HELP, Issue, Reason
+from connector.pipeline.engine import payload_key
+from connector.pipeline.reprocess import reprocess
+from connector.pipeline.wiring import build_engine
 from connector.policies import PolicyRecord
-from connector.reprocess import reprocess
 from connector.store import Rejected, Store
 from connector.store.coordination import source_lock
 from connector.store.policies import import_policies
 from connector.store.store import sqlite_url_for
-from connector.wiring import build_engine
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reason-codes.md"
 

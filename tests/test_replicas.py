@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.engine import EXIT_AFTER_BATCHES_ENV
+from connector.pipeline.engine import EXIT_AFTER_BATCHES_ENV
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.store import Store
 from connector.store.coordination import BackfillWindows, backfill_key, source_lock

@@ -20,14 +20,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from connector.cli import get_app
-from connector.cli_sandbox import sandbox_registry
+from connector.cli.app import get_app
+from connector.cli.demo import sandbox_sources
+from connector.cli.sandbox import sandbox_registry
 from connector.config import AppConfig, load_config
-from connector.demo import sandbox_sources
 from connector.issues import Reason
+from connector.pipeline.wiring import build_engine
 from connector.sandbox import EXPECTED_REASON, SandboxOptions, SandboxServer
 from connector.store import Store
-from connector.wiring import build_engine
 
 ALL_KINDS = tuple(EXPECTED_REASON)
 FAST_HTTP = {"max_retries": 2, "backoff_base": "10ms", "backoff_max": "50ms", "timeout": "10s"}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from connector.config import build_config
-from connector.engine import EXIT_AFTER_BATCHES_ENV
+from connector.pipeline.engine import EXIT_AFTER_BATCHES_ENV
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.store import Store
 from connector.store.store import sqlite_url_for

@@ -1,5 +1,5 @@
 """Schedules: parsed and validated when the config loads, one job per source, reloads that
-never duplicate jobs (unit tests of `connector.scheduler` and `Daemon.reload`)."""
+never duplicate jobs (unit tests of `connector.daemon.scheduler` and `Daemon.reload`)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import yaml
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from connector.config import AppConfig, build_config, load_config
-from connector.daemon import Daemon
+from connector.daemon.scheduler import apply_schedules, job_id, parse_schedule
+from connector.daemon.service import Daemon
 from connector.errors import ConfigError
-from connector.scheduler import apply_schedules, job_id, parse_schedule
 from connector.store import Store
 
 

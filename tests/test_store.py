@@ -16,14 +16,14 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from connector.engine import RecordProcessor
 from connector.errors import StoreError
 from connector.issues import Issue, Reason
 from connector.model import Category, Invoice, InvoiceStatus, LineItem, Patient
+from connector.pipeline.engine import RecordProcessor
+from connector.pipeline.validation import normalized
 from connector.store import Accepted, Rejected, Store
 from connector.store.schema import invoice_item
 from connector.store.store import sqlite_url_for
-from connector.validation import normalized
 from mappings import meditrak_import
 
 FIXTURES = Path(__file__).with_name("fixtures")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from connector.config import AppConfig, build_config
-from connector.engine import RunResult
 from connector.model import InvoiceStatus
+from connector.pipeline.engine import RunResult
 from connector.sandbox import EXPECTED_REASON, SandboxOptions, SandboxServer
 from connector.sandbox.meditrak import MEDITRAK_DEFECTS
 from connector.store import Store

@@ -26,8 +26,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
 from connector.config import AppConfig, HttpSettings, build_config
-from connector.http import CertificateRejected, SourceClient, verified_tls_context
 from connector.sandbox import SandboxOptions, SandboxServer
+from connector.sources.http import CertificateRejected, SourceClient, verified_tls_context
 from connector.store import Store
 from connector.validate import ValidateOptions, validate_source
 from tests.conftest import FAST_HTTP, seed_registry, sources_for, write_config
@@ -317,7 +317,7 @@ def test_validate_command_reads_a_relative_ca_bundle_from_another_directory(
 ) -> None:
     """The operator's view: `connector -c site/connector.yaml validate` run from elsewhere,
     with `ca_bundle: certs/vendor-ca.pem` relative to the config file."""
-    from connector.cli import get_app
+    from connector.cli.app import get_app
 
     site = tmp_path / "site"
     (site / "certs").mkdir(parents=True)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from connector.cli_sandbox import seed_sandbox_registry
+from connector.cli.sandbox import seed_sandbox_registry
 from connector.config import AppConfig, build_config
 from connector.policies import PatientLink
 from connector.reports import render

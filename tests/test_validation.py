@@ -11,7 +11,7 @@ import pytest
 
 from connector.issues import Issue, Reason, errors_only
 from connector.model import Category, Invoice, InvoiceStatus, LineItem, Patient
-from connector.validation import normalized, validate_invoice
+from connector.pipeline.validation import normalized, validate_invoice
 
 
 def item(**overrides: Any) -> LineItem:

@@ -14,12 +14,12 @@ from decimal import Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector.categories import FALLBACK_RULE, fallback_warnings, load_rule_set
 from connector.issues import Issue, Reason, errors_only
-from connector.mapping_kit import MAX_AMOUNT
+from connector.mapping.kit import MAX_AMOUNT
 from connector.model import Category, ImportRecord, Invoice, InvoiceStatus, LineItem, Patient
+from connector.pipeline.categories import FALLBACK_RULE, fallback_warnings, load_rule_set
+from connector.pipeline.validation import normalized, validate_invoice
 from connector.policies import PolicyChecker, PolicyRecord, RegistrySnapshot
-from connector.validation import normalized, validate_invoice
 
 POLICY_REASONS = {
     Reason.POLICY_MISSING,

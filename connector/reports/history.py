@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from connector.config import AppConfig
 from connector.logging import scrub_text
+from connector.settings import AppConfig
 from connector.store import RunRecord, Store
 
 SCHEMA = "connector.history-report/1"

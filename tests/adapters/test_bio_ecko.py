@@ -23,12 +23,12 @@ from adapters.bio_ecko import (
     Config,
     describe_bio_ecko_error,
 )
-from connector.adapter import FetchRequest
 from connector.errors import AuthError, ContractError
 from connector.issues import Reason
 from connector.model import to_cents
 from connector.sandbox import SandboxOptions, SandboxServer, item_total
 from connector.sandbox.bio_ecko import DEPARTMENTS, STATUS_WORDS, bio_ecko_status
+from connector.sources.adapter import FetchRequest
 from tests.contract import FAST_RETRIES, AdapterContract, collect
 
 DIALECT = "bio_ecko"

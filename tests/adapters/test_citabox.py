@@ -22,10 +22,10 @@ from adapters.citabox import (
     JsonArraySplitter,
     describe_nestjs_error,
 )
-from connector.adapter import FetchRequest, SourcePage
 from connector.errors import AuthError, ContractError, RetriesExhausted
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.sandbox.citabox import CLINICS, SANDBOX_EMAIL
+from connector.sources.adapter import FetchRequest, SourcePage
 from tests.contract import FAST_RETRIES, AdapterContract, collect
 
 PASSWORD = "s3cret-pw"

@@ -13,12 +13,12 @@ import httpx
 import pytest
 
 from adapters.invoice_api import PATIENT_KEY, Adapter, Config, describe_fastapi_error
-from connector.adapter import FetchRequest, SourcePage
 from connector.errors import AuthError, ContractError
-from connector.http import VendorHttpError
 from connector.issues import Reason
 from connector.sandbox import SandboxOptions, SandboxServer, item_total
 from connector.sandbox.invoice_api import USERNAME, InvoiceApiDialect, created_at
+from connector.sources.adapter import FetchRequest, SourcePage
+from connector.sources.http import VendorHttpError
 from tests.contract import FAST_RETRIES, AdapterContract, collect
 
 DIALECT = "invoice_api"

@@ -16,10 +16,10 @@ from pydantic import ValidationError
 
 from adapters.splose import Adapter as SploseAdapter
 from adapters.splose import Config, splose_time
-from connector.adapter import FetchRequest, SourcePage
 from connector.errors import ContractError
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.sandbox.splose import SploseDialect
+from connector.sources.adapter import FetchRequest, SourcePage
 from tests.contract import FAST_RETRIES, AdapterContract, collect
 
 DIALECT = "splose"

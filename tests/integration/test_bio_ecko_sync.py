@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from connector.cli.demo import sandbox_config
 from connector.config import AppConfig, SourceConfig
-from connector.demo import sandbox_config
-from connector.engine import Engine, RunResult
-from connector.mapping_kit import CategoryMatch, CategoryRules
+from connector.mapping.kit import CategoryMatch, CategoryRules
 from connector.model import Category, InvoiceStatus
+from connector.pipeline.engine import Engine, RunResult
 from connector.sandbox import EXPECTED_REASON, SandboxOptions, SandboxServer, item_total
 from connector.sandbox.bio_ecko import DEPARTMENTS, bio_ecko_status
 from connector.store import Store

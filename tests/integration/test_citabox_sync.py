@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from connector.cli.demo import sandbox_config
 from connector.config import SourceConfig
-from connector.demo import sandbox_config
-from connector.engine import Engine, RunResult
 from connector.issues import Issue, Reason
-from connector.mapping_kit import CategoryMatch, CategoryRules
+from connector.mapping.kit import CategoryMatch, CategoryRules
 from connector.model import Category, Invoice, InvoiceStatus
+from connector.pipeline.engine import Engine, RunResult
 from connector.sandbox import EXPECTED_REASON, SandboxOptions, SandboxServer
 from connector.sandbox.citabox import consecutive, payment_and_hacienda
 from connector.store import Store

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from connector.cli.demo import sandbox_config
 from connector.config import AppConfig, SourceConfig
-from connector.demo import sandbox_config
-from connector.engine import Engine, RunResult
-from connector.mapping_kit import CategoryMatch, CategoryRules, exact_category
+from connector.mapping.kit import CategoryMatch, CategoryRules, exact_category
 from connector.model import Category, Invoice, InvoiceStatus
+from connector.pipeline.engine import Engine, RunResult
 from connector.sandbox import EXPECTED_REASON, SandboxOptions, SandboxServer
 from connector.sandbox.invoice_api import CATEGORY_WORDS, InvoiceApiDialect
 from connector.store import Store

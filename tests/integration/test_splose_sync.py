@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
+from connector.cli.demo import sandbox_config
 from connector.config import AppConfig, SourceConfig
-from connector.demo import sandbox_config
-from connector.engine import Engine, RunResult
 from connector.issues import Reason
-from connector.mapping_kit import CategoryMatch, CategoryRules
+from connector.mapping.kit import CategoryMatch, CategoryRules
 from connector.model import Category
+from connector.pipeline.engine import Engine, RunResult
 from connector.sandbox import EXPECTED_REASON, SandboxOptions, SandboxServer
 from connector.sandbox.splose import ITEM_CODES, SploseDialect
 from connector.store import Store

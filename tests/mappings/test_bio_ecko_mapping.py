@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from connector.errors import RecordError
 from connector.issues import Reason
-from connector.mapping_kit import CategoryMatch, MappingContext
+from connector.mapping.kit import CategoryMatch, MappingContext
 from connector.model import Category, Invoice, InvoiceStatus, to_cents
-from connector.validation import normalized, validate_invoice
+from connector.pipeline.validation import normalized, validate_invoice
 from mappings.bio_ecko import MAPPING, STATUS_MAP, to_canonical
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "bio_ecko"

@@ -13,9 +13,9 @@ import pytest
 
 from connector.errors import RecordError
 from connector.issues import Reason
-from connector.mapping_kit import CategoryMatch, MappingContext
+from connector.mapping.kit import CategoryMatch, MappingContext
 from connector.model import Category, Invoice, InvoiceStatus, to_cents
-from connector.validation import validate_invoice
+from connector.pipeline.validation import validate_invoice
 from mappings.citabox import MAPPING, STATUS_MAP, to_canonical
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "citabox"

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from connector.errors import RecordError
 from connector.issues import Reason
-from connector.mapping_kit import CategoryMatch, MappingContext, exact_category
+from connector.mapping.kit import CategoryMatch, MappingContext, exact_category
 from connector.model import Category, Invoice, InvoiceStatus, to_cents
-from connector.validation import validate_invoice
+from connector.pipeline.validation import validate_invoice
 from mappings.invoice_api import MAPPING, STATUS_MAP, allocate
 
 ONE = Decimal(1)

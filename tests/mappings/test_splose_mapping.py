@@ -14,9 +14,9 @@ import pytest
 
 from connector.errors import RecordError
 from connector.issues import Reason
-from connector.mapping_kit import CategoryMatch, MappingContext
+from connector.mapping.kit import CategoryMatch, MappingContext
 from connector.model import Category, Invoice, InvoiceStatus
-from connector.validation import validate_invoice
+from connector.pipeline.validation import validate_invoice
 from mappings.splose import MAPPING, policy_from_references
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "splose"

@@ -15,13 +15,13 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from connector.cli_sandbox import seed_sandbox_registry
+from connector.cli.demo import sandbox_sources
+from connector.cli.sandbox import seed_sandbox_registry
 from connector.config import AppConfig, build_config
-from connector.demo import sandbox_sources
-from connector.engine import RunResult
+from connector.pipeline.engine import RunResult
+from connector.pipeline.wiring import build_engine
 from connector.sandbox import SandboxServer
 from connector.store import Store
-from connector.wiring import build_engine
 
 PG_URL_ENV = "CONNECTOR_TEST_PG_URL"
 PG_REQUIRED_ENV = "CONNECTOR_REQUIRE_PG"

@@ -30,13 +30,13 @@ import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from connector.backfill import Backfill, LogProgress
 from connector.config import AppConfig
+from connector.daemon.backfill import Backfill, LogProgress
 from connector.logging import configure_logging
+from connector.pipeline.wiring import build_engine
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.store import Store
 from connector.store.store import sqlite_url_for
-from connector.wiring import build_engine
 from tests.reliability.rel_helpers import (
     RETRYING_HTTP,
     private_pg_database,

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from connector import http as connector_http
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.sandbox._server import FAULT_KINDS, FaultSettings, RequestLogEntry
 from connector.sandbox.splose import SploseDialect
+from connector.sources import http as connector_http
 from connector.store.store import sqlite_url_for
 from tests.reliability.rel_helpers import (
     RETRYING_HTTP,

@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mappings
-from connector.engine import RecordProcessor
 from connector.errors import ContractError
-from connector.http import decode_json
-from connector.mapping_kit import SourceMapping
-from connector.paginate import records_at, total_at
+from connector.mapping.kit import SourceMapping
+from connector.pipeline.engine import RecordProcessor
+from connector.sources.http import decode_json
+from connector.sources.paginate import records_at, total_at
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

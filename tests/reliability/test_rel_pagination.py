@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from connector.engine import RunResult
+from connector.pipeline.engine import RunResult
+from connector.pipeline.wiring import build_engine
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.sandbox._server import FaultSettings
 from connector.sandbox.splose import SploseDialect
 from connector.store import Store
 from connector.store.store import sqlite_url_for
-from connector.wiring import build_engine
 from tests.reliability.rel_helpers import RETRYING_HTTP, sandbox_app_config, seeded_store
 
 DEADLINE_S = 30.0

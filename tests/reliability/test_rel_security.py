@@ -20,12 +20,12 @@ import yaml
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from connector.auth import BearerKey, OAuth2ClientCredentials, OAuth2Password
-from connector.cli import get_app
+from connector.cli.app import get_app
 from connector.config import DaemonSettings, build_config, load_config
 from connector.logging import configure_logging, mask_patient_data
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.sandbox.splose import SploseDialect
+from connector.sources.auth import BearerKey, OAuth2ClientCredentials, OAuth2Password
 from tests.reliability.rel_helpers import raw_sources
 
 SENTINEL = f"SENTINEL{uuid.uuid4().hex[:12]}"
@@ -76,7 +76,7 @@ def test_no_secret_reaches_any_output_and_patient_data_is_masked_in_logs(
             sort_keys=False,
         )
     )
-    from connector.cli_sandbox import seed_sandbox_registry
+    from connector.cli.sandbox import seed_sandbox_registry
     from connector.store import Store
     from connector.store.store import sqlite_url_for
 
@@ -218,7 +218,7 @@ def test_tls_is_verified_by_default_on_both_transports() -> None:
     import ssl
 
     from connector.config import HttpSettings
-    from connector.http import CountedAiohttpTransport, SourceClient
+    from connector.sources.http import CountedAiohttpTransport, SourceClient
 
     transport = CountedAiohttpTransport()
     assert transport.ssl_context.verify_mode == ssl.CERT_REQUIRED

@@ -27,7 +27,6 @@ import structlog
 from aiohttp import ClientSession
 from httpx_aiohttp import AiohttpTransport
 
-from connector.config import HttpSettings
 from connector.errors import (
     AuthError,
     ContractError,
@@ -35,8 +34,9 @@ from connector.errors import (
     RetriesExhausted,
     SourceError,
 )
+from connector.settings import HttpSettings
 
-log = structlog.get_logger("connector.http")
+log = structlog.get_logger("connector.sources.http")
 
 RETRIABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 # The vendor counts a request when it arrives, a little after we start it: a window this much

@@ -1,6 +1,6 @@
 """`connector validate` (is a source ready for MediTrak?) and `connector report` (sync history).
 
-Registered on `connector.cli.app` when imported (see `COMMAND_MODULES`). `validate` exits 0
+Registered on `connector.cli.app.app` when imported (see `COMMAND_MODULES`). `validate` exits 0
 when the source is compliant, 1 when it is not and 2 when it could not be read, so that a
 vendor can run it in its own CI.
 """
@@ -14,10 +14,10 @@ from typing import Annotated
 
 import typer
 
-from connector.cli import app, err, load, open_store, private_output
-from connector.config import AppConfig
+from connector.cli.app import app, err, load, open_store, private_output
 from connector.errors import ConfigError, ConnectorError
 from connector.reports import FORMATS, history_report, render
+from connector.settings import AppConfig
 from connector.store import Store
 from connector.validate import DEFAULT_SAMPLE, ValidateOptions, validate_source
 

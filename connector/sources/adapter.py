@@ -18,10 +18,15 @@ from urllib.parse import quote
 
 import httpx
 
-from connector.config import SourceConfig
-from connector.http import ErrorDescriber, SourceClient, VendorHttpError, describe_json_error
 from connector.issues import Issue, Reason
-from connector.paginate import ListPage, Paginator, Position
+from connector.settings import SourceConfig
+from connector.sources.http import (
+    ErrorDescriber,
+    SourceClient,
+    VendorHttpError,
+    describe_json_error,
+)
+from connector.sources.paginate import ListPage, Paginator, Position
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 """`connector run` (the scheduled daemon), `connector backfill` (resumable history loads) and
 `connector backfill-status` (where each stored backfill stands).
 
-Registers itself on the main `app` when `connector.cli.get_app()` imports it.
+Registers itself on the main `app` when `connector.cli.app.get_app()` imports it.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from connector.backfill import Backfill, LogProgress, ProgressReporter, default_progress
-from connector.backfill import parse_window as parse_window_days
-from connector.cli import app, err, load, open_store, out, state
-from connector.config import parse_duration
-from connector.daemon import Daemon, wired_engine_factory
+from connector.cli.app import app, err, load, open_store, out, state
+from connector.daemon.backfill import Backfill, LogProgress, ProgressReporter, default_progress
+from connector.daemon.backfill import parse_window as parse_window_days
+from connector.daemon.service import Daemon, wired_engine_factory
 from connector.errors import ConfigError, ConnectorError
 from connector.logging import mask_patient_data, scrub_text
+from connector.schedule import parse_duration
 from connector.store.coordination import BackfillStatus, backfill_statuses
 
 # Conventional exit status of a command stopped by Ctrl-C.

@@ -41,10 +41,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from connector.config import AppConfig, SourceConfig, parse_duration
-from connector.engine import Engine
 from connector.errors import ConfigError, ConnectorError
-from connector.registry import source_type
+from connector.pipeline.engine import Engine
+from connector.schedule import parse_duration
+from connector.settings import AppConfig, SourceConfig
+from connector.sources.discovery import source_type
 from connector.store import BatchCounts, Store
 from connector.store.coordination import (
     BackfillWindows,
@@ -54,7 +55,7 @@ from connector.store.coordination import (
     open_backfill_keys,
 )
 
-log = structlog.get_logger("connector.backfill")
+log = structlog.get_logger("connector.daemon.backfill")
 
 # How often an idle worker looks again for a window (others may fail or lose their lease).
 IDLE_POLL_SECONDS = 1.0

@@ -30,10 +30,6 @@ import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
 
-from connector.adapter import Adapter, FetchRequest, ListDetailAdapter
-from connector.auth import BearerKey, TokenAuth
-from connector.config import AppConfig, SourceConfig
-from connector.engine import RecordProcessor, mapping_options, payload_key
 from connector.errors import (
     AuthError,
     ConnectorError,
@@ -41,22 +37,29 @@ from connector.errors import (
     RetriesExhausted,
     SourceError,
 )
-from connector.http import (
+from connector.issues import REASON_HELP, Issue, Reason
+from connector.logging import scrub_text
+from connector.mapping.kit import CategoryRules
+from connector.masking import mask_name, mask_policy
+from connector.model import Invoice
+from connector.pipeline import wiring
+from connector.pipeline.categories import fallback_warnings
+from connector.pipeline.engine import RecordProcessor, mapping_options, payload_key
+from connector.pipeline.validation import PolicyCheck, validate_invoice
+from connector.policies import PolicyChecker, RegistrySnapshot
+from connector.settings import AppConfig, SourceConfig
+from connector.sources.adapter import Adapter, FetchRequest, ListDetailAdapter
+from connector.sources.auth import BearerKey, TokenAuth
+from connector.sources.discovery import source_type
+from connector.sources.http import (
     SourceClient,
     VendorHttpError,
     describe_certificate_error,
     describe_transport_error,
     verified_tls_context,
 )
-from connector.issues import REASON_HELP, Issue, Reason
-from connector.logging import scrub_text
-from connector.mapping_kit import CategoryRules
-from connector.masking import mask_name, mask_policy
-from connector.model import Invoice
-from connector.paginate import IndexedPaginator, dig
-from connector.registry import source_type
+from connector.sources.paginate import IndexedPaginator, dig
 from connector.store import Store
-from connector.validation import PolicyCheck, validate_invoice
 
 SCHEMA = "connector.validation-report/1"
 DEFAULT_SAMPLE = 500
@@ -271,20 +274,13 @@ TransportFactory = Callable[[SourceConfig], httpx.AsyncBaseTransport | None]
 
 
 def build_checks(config: AppConfig, source: SourceConfig, store: Store | None) -> Checks:
-    """Category rules and policy checks as `connector sync` wires them (connector.wiring), read
-    from the store without writing; the Engine defaults when that wiring is not installed.
+    """Category rules and policy checks as `connector sync` wires them
+    (`connector.pipeline.wiring`), read from the store without writing.
 
     With an empty (or absent) registry, policy numbers are checked for presence and format
     only: a vendor running this in its own CI has no copy of MediTrak's registry, and "every
     policy unknown" would hide every real finding."""
     notes: list[str] = []
-    try:
-        from connector import wiring
-        from connector.categories import fallback_warnings
-        from connector.policies import PolicyChecker, RegistrySnapshot
-    except ImportError:
-        notes.append("category rules and policy registry are not installed: engine defaults used")
-        return Checks(None, None, None, 0, 0, False, notes)
     categorizers = wiring.build_categorizers(config)
     snapshot = RegistrySnapshot()
     readable = store is not None

@@ -14,10 +14,10 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from connector.config import SourceConfig
-from connector.engine import Engine, RecordProcessor
 from connector.errors import ConfigError, ConnectorError
 from connector.issues import Reason
+from connector.pipeline.engine import Engine, RecordProcessor
+from connector.settings import SourceConfig
 from connector.store import Accepted, QuarantineEntry, Rejected, Store
 from connector.store.coordination import source_lock
 from connector.store.quarantine_ops import release_quarantined

@@ -21,17 +21,17 @@ import httpx
 import orjson
 import structlog
 
-from connector.adapter import Adapter, FetchRequest, SourcePage
-from connector.config import AppConfig, SourceConfig
 from connector.errors import ConnectorError, RecordError
 from connector.issues import Issue, Reason, errors_only
-from connector.mapping_kit import CategoryRules, MappingContext, SourceMapping
+from connector.mapping.kit import CategoryRules, MappingContext, SourceMapping
 from connector.model import Invoice
-from connector.registry import source_type
+from connector.pipeline.validation import PolicyCheck, normalized, validate_invoice
+from connector.settings import AppConfig, SourceConfig
+from connector.sources.adapter import Adapter, FetchRequest, SourcePage
+from connector.sources.discovery import source_type
 from connector.store import Accepted, BatchCounts, Rejected, Store
-from connector.validation import PolicyCheck, normalized, validate_invoice
 
-log = structlog.get_logger("connector.engine")
+log = structlog.get_logger("connector.pipeline.engine")
 
 # Fault injection for the crash tests: exit the process hard after this many batches.
 EXIT_AFTER_BATCHES_ENV = "CONNECTOR_FAULT_EXIT_AFTER_BATCHES"

@@ -18,7 +18,7 @@ import orjson
 from pydantic import SecretStr
 
 from connector.errors import AuthError, RetriableError
-from connector.http import describe_json_error
+from connector.sources.http import describe_json_error
 
 # Refresh this long before the announced expiry, so a token never dies mid-request.
 EXPIRY_MARGIN_S = 60.0

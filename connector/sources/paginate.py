@@ -19,9 +19,9 @@ from typing import Any, Literal
 import structlog
 
 from connector.errors import ContractError
-from connector.http import SourceClient
+from connector.sources.http import SourceClient
 
-log = structlog.get_logger("connector.paginate")
+log = structlog.get_logger("connector.sources.paginate")
 
 Position = dict[str, Any]
 # Beyond this many pages in one pass something is wrong with the vendor, not with our patience.

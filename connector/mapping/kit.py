@@ -340,6 +340,11 @@ class SourceMapping:
     to_canonical: Callable[[Any, MappingContext], Any]
     # The vendor's invoice id in a raw record, or None when the record has none.
     record_id: Callable[[Any], str | None]
+    # Which vendor field feeds each canonical field: canonical path (as `connector validate`
+    # names them: "invoice_date", "patient.policy_number", "items[].total") → the vendor's
+    # dotted paths in the raw record ("date", "patient.referenceNumbers", "lines[].amount"),
+    # first the one normally used. Declared, so that reports never guess from key names.
+    field_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def context(
         self,

@@ -14,9 +14,9 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from connector.adapter import RecordFailure, SourcePage, gather_or_cancel
-from connector.http import SourceClient, VendorHttpError
 from connector.issues import Issue, Reason
+from connector.sources.adapter import RecordFailure, SourcePage, gather_or_cancel
+from connector.sources.http import SourceClient, VendorHttpError
 
 
 @dataclass(frozen=True, slots=True)

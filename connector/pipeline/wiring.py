@@ -12,20 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from connector.categories import (
+from connector.errors import ConfigError
+from connector.issues import Issue
+from connector.mapping.kit import CategoryRules
+from connector.model import Invoice
+from connector.pipeline.categories import (
     Categorizer,
     RuleSet,
     categorizer_for,
     fallback_warnings,
     load_rule_set,
 )
-from connector.config import AppConfig, SourceConfig
-from connector.engine import Engine
-from connector.errors import ConfigError
-from connector.issues import Issue
-from connector.mapping_kit import CategoryRules
-from connector.model import Invoice
+from connector.pipeline.engine import Engine
 from connector.policies import PolicyChecker
+from connector.settings import AppConfig, SourceConfig
 from connector.store import Store
 from connector.store.policies import load_registry
 

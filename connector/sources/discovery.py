@@ -13,9 +13,9 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from connector.adapter import Adapter
-    from connector.config import SourceConfig
-    from connector.mapping_kit import SourceMapping
+    from connector.mapping.kit import SourceMapping
+    from connector.settings import SourceConfig
+    from connector.sources.adapter import Adapter
 
 
 @dataclass(frozen=True)

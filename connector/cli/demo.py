@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from connector.config import AppConfig, build_config
+from connector.config import build_config
 from connector.sandbox import SandboxServer
+from connector.settings import AppConfig
 
 
 def sandbox_sources(

@@ -16,19 +16,24 @@ import yaml
 from pydantic import SecretStr
 from rich.table import Table
 
-from connector.cli import app, err, out, results_table, state
-from connector.demo import sandbox_config, sandbox_sources
+from connector.cli.app import app, err, out, results_table, state
+from connector.cli.demo import sandbox_config, sandbox_sources
 from connector.logging import configure_logging, register_secrets
-from connector.policies import REGISTRY_COLUMNS, PatientLink, PolicyRecord, parse_registry_csv
-from connector.registry import source_type
+from connector.pipeline.wiring import build_engine
+from connector.policies import (
+    REGISTRY_COLUMNS,
+    PatientLink,
+    PolicyRecord,
+    parse_registry_csv,
+)
 from connector.sandbox import (
     SandboxOptions,
     SandboxServer,
     serve_forever,
 )
+from connector.sources.discovery import source_type
 from connector.store import Store
 from connector.store.policies import import_links, import_policies
-from connector.wiring import build_engine
 
 InvoicesOpt = Annotated[int, typer.Option("--invoices", "-n", help="Invoices per vendor.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the generated data.")]

@@ -22,13 +22,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from connector.config import AppConfig, SourceConfig, load_config
-from connector.engine import Engine, RunResult
+from connector.config import load_config
 from connector.errors import ConfigError, ConnectorError
 from connector.logging import configure_logging, register_secrets
+from connector.pipeline.engine import Engine, RunResult
+from connector.pipeline.wiring import build_engine
 from connector.runtime import tune_garbage_collector
+from connector.settings import AppConfig, SourceConfig
 from connector.store import Store
-from connector.wiring import build_engine
 
 app = typer.Typer(
     name="connector",
@@ -330,10 +331,10 @@ def export(
 
 # Command groups live in their own modules and register themselves on `app` when imported.
 COMMAND_MODULES = (
-    "connector.cli_sandbox",
-    "connector.cli_quarantine",
-    "connector.cli_daemon",
-    "connector.cli_reports",
+    "connector.cli.sandbox",
+    "connector.cli.quarantine",
+    "connector.cli.daemon",
+    "connector.cli.reports",
 )
 
 

@@ -1,6 +1,6 @@
 """`connector categories | policies | quarantine | reprocess`: rules, registry and quarantine.
 
-Registered on `connector.cli.app` when imported (see `COMMAND_MODULES`). Patient names and
+Registered on `connector.cli.app.app` when imported (see `COMMAND_MODULES`). Patient names and
 policy numbers are masked in every view unless `--reveal` is given.
 """
 
@@ -16,11 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from connector.categories import Categorizer, categorizer_for, load_rule_set
-from connector.cli import app, err, load, open_store, out, state
+from connector.cli.app import app, err, load, open_store, out, state
 from connector.errors import ConfigError, ConnectorError
 from connector.issues import REASON_HELP, Reason
 from connector.masking import mask_name, mask_payload, mask_policy
+from connector.pipeline.categories import Categorizer, categorizer_for, load_rule_set
+from connector.pipeline.reprocess import reprocess as reprocess_quarantine
+from connector.pipeline.wiring import build_engine
 from connector.policies import (
     MAX_REMOVED_SHARE,
     RegistryFileError,
@@ -28,8 +30,7 @@ from connector.policies import (
     parse_links_csv,
     parse_registry_csv,
 )
-from connector.registry import source_types
-from connector.reprocess import reprocess as reprocess_quarantine
+from connector.sources.discovery import source_types
 from connector.store import QuarantineEntry, Store
 from connector.store.policies import (
     ImportRefused,
@@ -40,7 +41,6 @@ from connector.store.policies import (
     list_policies,
 )
 from connector.store.quarantine_ops import quarantine_entry
-from connector.wiring import build_engine
 
 RowT = TypeVar("RowT")
 CountsT = TypeVar("CountsT")

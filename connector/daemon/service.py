@@ -1,6 +1,6 @@
 """`connector run`: the long-running daemon that syncs every source on its schedule.
 
-One asyncio loop holds the scheduler (see `connector.scheduler`), the source runs and the
+One asyncio loop holds the scheduler (see `connector.daemon.scheduler`), the source runs and the
 signal handlers. Each run takes the source's lock first (one replica per source, see
 `connector.store.coordination`) and a freshly wired engine (so a registry import is seen
 without a restart). SIGTERM/SIGINT stop new work, let the batch in flight commit, end running
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import importlib.util
 import json
 import logging
 import signal
@@ -32,15 +30,17 @@ from typing import Any
 import structlog
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 
-from connector.config import AppConfig, load_config
-from connector.engine import Engine, RunResult
+from connector.config import load_config
+from connector.daemon.scheduler import JOB_PREFIX, apply_schedules, new_scheduler
 from connector.errors import ConfigError, ConnectorError
 from connector.logging import register_secrets
-from connector.scheduler import JOB_PREFIX, apply_schedules, new_scheduler
+from connector.pipeline.engine import Engine, RunResult
+from connector.pipeline.wiring import build_engine
+from connector.settings import AppConfig
 from connector.store import Store
 from connector.store.coordination import SourceLock, close_own_running_runs, source_lock
 
-log = structlog.get_logger("connector.daemon")
+log = structlog.get_logger("connector.daemon.service")
 
 EngineFactory = Callable[[AppConfig, Store], Engine]
 # How often the mtimes of the config file and of its category rules files are looked at.
@@ -48,11 +48,8 @@ CONFIG_POLL_SECONDS = 2.0
 
 
 def wired_engine_factory() -> EngineFactory:
-    """`connector.wiring.build_engine` when installed (rules, policy registry), else a bare one."""
-    if importlib.util.find_spec("connector.wiring") is not None:
-        factory: EngineFactory = importlib.import_module("connector.wiring").build_engine
-        return factory
-    return Engine
+    """The engine every run uses: category rules and the policy registry wired in."""
+    return build_engine
 
 
 class RunStats:

@@ -1,34 +1,35 @@
-"""Daemon schedules: parsed and validated, and turned into exactly one APScheduler job a source.
+"""Schedule and duration grammar: `15m`, `every 2h`, `90` (seconds) or a 5-field crontab.
 
-A schedule is an interval (`15m`, `every 2h`) or a 5-field crontab (`*/5 * * * *`, evaluated in
-UTC, day-of-week numbered as in cron: 0 and 7 are Sunday). Schedules are checked when the config
-loads by building their trigger, so a bad one is a `ConfigError` naming it. Job ids derive from
-source names: applying a changed config again reschedules, adds or removes jobs and never
-duplicates one. Every job runs with `max_instances=1` and `coalesce=True`, so a slow source
-never piles up runs. APScheduler stays on 3.x (4 is a pre-release); only this module imports it.
+A leaf: the settings models validate schedules with it when the config loads (by building the
+APScheduler trigger), and the daemon turns them into jobs. Crontabs are evaluated in UTC and
+number the day of week as cron does (0 and 7 are Sunday).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from datetime import UTC, timedelta
+from typing import Any
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from connector.config import parse_duration
-
-if TYPE_CHECKING:
-    from connector.config import AppConfig, DaemonSettings, SourceConfig
-
-JOB_PREFIX = "sync:"
+_DURATION = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _EVERY = re.compile(r"^\s*every\s+", re.IGNORECASE)
 _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """`90`, `90s`, `15m`, `2h`, `7d`, `1w` → timedelta (a bare number is seconds)."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        return timedelta(seconds=float(match["n"]) * _UNIT_SECONDS[match["unit"] or "s"])
+    raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 15m, 2h, 7d)")
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Schedule:
 
     def describe(self) -> str:
         if self.interval is not None:
-            return f"every {_short(self.interval)}"
+            return f"every {short_span(self.interval)}"
         assert self.cron is not None
         return "cron " + " ".join(self.cron)
 
@@ -92,94 +93,7 @@ def parse_schedule(text: str) -> Schedule:
     return schedule
 
 
-def source_schedule(source: SourceConfig, daemon: DaemonSettings) -> Schedule:
-    return parse_schedule(source.schedule or daemon.default_schedule)
-
-
-def job_id(source_name: str) -> str:
-    return JOB_PREFIX + source_name
-
-
-def new_scheduler() -> AsyncIOScheduler:
-    """An asyncio scheduler whose jobs never overlap themselves and collapse missed runs."""
-    return AsyncIOScheduler(
-        timezone=UTC,
-        job_defaults={
-            "max_instances": 1,
-            "coalesce": True,
-            # A late sync beats a skipped one: run however late, once (coalesced).
-            "misfire_grace_time": None,
-        },
-    )
-
-
-@dataclass
-class JobChanges:
-    added: list[str] = field(default_factory=list)
-    rescheduled: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, list[str]]:
-        return {
-            "added": self.added,
-            "rescheduled": self.rescheduled,
-            "removed": self.removed,
-            "unchanged": self.unchanged,
-        }
-
-
-def apply_schedules(
-    scheduler: BaseScheduler,
-    config: AppConfig,
-    run_source: Callable[[str], Any],
-    *,
-    now: datetime | None = None,
-) -> JobChanges:
-    """Make the scheduler hold one job per enabled source, as `config` says; idempotent.
-
-    The job's name records its schedule, so a reload can tell an unchanged job (left alone,
-    keeping its next run time) from a changed one (rescheduled in place, same id).
-    Interval jobs added here run once right away; cron jobs wait for their first slot.
-    """
-    settings = config.daemon
-    wanted = {
-        job_id(s.name): (s.name, source_schedule(s, settings)) for s in config.sources if s.enabled
-    }
-    changes = JobChanges()
-    for job in scheduler.get_jobs():
-        if job.id.startswith(JOB_PREFIX) and job.id not in wanted:
-            scheduler.remove_job(job.id)
-            changes.removed.append(job.id)
-    for ident, (name, schedule) in wanted.items():
-        label = f"{name}: {schedule.describe()}, jitter {_short(settings.jitter)}"
-        trigger = schedule.trigger(settings.jitter)
-        existing = scheduler.get_job(ident)
-        if existing is None:
-            first_run = (now or datetime.now(UTC)) if schedule.interval is not None else None
-            options: dict[str, Any] = {"next_run_time": first_run} if first_run else {}
-            scheduler.add_job(
-                run_source,
-                trigger,
-                args=(name,),
-                id=ident,
-                name=label,
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,
-                **options,
-            )
-            changes.added.append(ident)
-        elif existing.name != label:
-            scheduler.modify_job(ident, name=label)
-            scheduler.reschedule_job(ident, trigger=trigger)
-            changes.rescheduled.append(ident)
-        else:
-            changes.unchanged.append(ident)
-    return changes
-
-
-def _short(span: timedelta) -> str:
+def short_span(span: timedelta) -> str:
     seconds = span.total_seconds()
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:

@@ -23,11 +23,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from connector.errors import ConfigError
 from connector.issues import Issue, Reason
-from connector.mapping_kit import CategoryMatch, exact_category
+from connector.mapping.kit import CategoryMatch, exact_category
 from connector.model import Category, Invoice
 
 if TYPE_CHECKING:
-    from connector.config import SourceConfig
+    from connector.settings import SourceConfig
 
 DEFAULT_RULES_PACKAGE = "mappings"
 DEFAULT_RULES_FILE = "category_rules.yaml"
@@ -432,7 +432,9 @@ def categorizer_for(source: SourceConfig, rule_set: RuleSet | None = None) -> Ca
     extra: str | RulesDocument | None = getattr(source, "category_rules", None)
     if extra is not None:
         # Read when the config loaded (see `connector.config.build_config`): not read again.
-        extra = source.loaded_category_rules() or extra
+        kept = source.loaded_category_rules()
+        if isinstance(kept, RulesDocument):
+            extra = kept
     if rule_set is None or extra is not None:
         rule_set = load_rule_set(extra)
     keys = [source.type] if source.type == source.name else [source.type, source.name]

@@ -1,0 +1,1 @@
+"""The `connector` command: every subcommand, thin over the layers below."""

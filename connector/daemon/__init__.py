@@ -1,0 +1,1 @@
+"""Daemon layer: the scheduler, the long-running service and backfill coordination."""

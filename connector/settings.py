@@ -1,0 +1,301 @@
+"""The settings models: what a config file may say, validated by pydantic.
+
+A leaf of the project: it imports only the other leaves `connector.model` (the category
+vocabulary), `connector.schedule` (the schedule grammar) and `connector.errors`. Reading files,
+interpolating the environment and finding each source type's own config model is the loader's
+job (`connector.config`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import ssl
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal, Protocol
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from connector.errors import ConfigError
+from connector.model import Category
+from connector.schedule import parse_duration, parse_schedule
+
+SOURCE_NAME = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _check_schedule(value: str | None) -> str | None:
+    """Schedules are validated when the config loads, by building their trigger."""
+    if value is not None:
+        parse_schedule(value)
+    return value
+
+
+# An interval ("15m", "every 2h") or a 5-field crontab line ("*/5 * * * *", UTC).
+ScheduleText = Annotated[str, AfterValidator(_check_schedule)]
+
+
+def _relative_to_config(value: str, info: ValidationInfo) -> str:
+    """A file path written in the config, made absolute against the config file's directory
+    (the `base_dir` of the validation context), so that the connector reads the same files
+    whichever directory it was started from. Without a base dir (a config built from a dict,
+    with no file) the path stays as written: relative to the working directory."""
+    base_dir = info.context.get("base_dir") if isinstance(info.context, dict) else None
+    return resolve_path(value, base_dir)
+
+
+def resolve_path(value: str, base_dir: Path | None) -> str:
+    path = Path(value)
+    if base_dir is None or path.is_absolute():
+        return value
+    return str(Path(base_dir) / path)
+
+
+def _pem_ca_file(value: str) -> str:
+    """The file must hold at least one PEM certificate that OpenSSL accepts."""
+    path = Path(value)
+    if not path.exists():
+        raise ValueError(f"no such file: {value}")
+    if not path.is_file():
+        raise ValueError(f"not a file: {value}")
+    # A bare context: loading the file is the check, no default store is needed for it.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=value)
+    except ssl.SSLError:  # before OSError, of which it is a subclass
+        raise ValueError(
+            f"{value} holds no PEM certificate (expected -----BEGIN CERTIFICATE----- blocks; "
+            f"a DER file converts with `openssl x509 -inform der -in CA.der -out CA.pem`)"
+        ) from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {value}: {exc.strerror}") from None
+    return value
+
+
+class LoadedRules(Protocol):
+    """A category rules file as the loader read it (`connector.pipeline.categories`)."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def mtime_ns(self) -> int: ...
+
+
+# A file path in the config: relative paths are relative to the config file's directory.
+ConfigPath = Annotated[str, AfterValidator(_relative_to_config)]
+# A PEM file of CA certificates (see HttpSettings.ca_bundle).
+CaBundlePath = Annotated[ConfigPath, AfterValidator(_pem_ca_file)]
+
+
+class HttpSettings(BaseModel):
+    """How hard we may push one vendor: timeouts, concurrency, retries, rate limit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout: Duration = timedelta(seconds=30)
+    concurrency: int = Field(8, ge=1, le=256)
+    max_retries: int = Field(5, ge=0, le=20)
+    backoff_base: Duration = timedelta(seconds=0.5)
+    backoff_max: Duration = timedelta(seconds=30)
+    # Longest Retry-After we honour before treating the vendor as down.
+    max_retry_after: Duration = timedelta(seconds=120)
+    requests_per_minute: int | None = Field(None, ge=1)
+    # aiohttp's connection handling under httpx's API: measured 5x the requests/s of httpx's
+    # own async transport at 16 concurrent requests (docs/performance.md).
+    transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    # CA certificates (PEM) trusted for this source in addition to the default store, for a
+    # vendor whose certificate comes from a private CA or is self-signed. In addition rather
+    # than instead: a token endpoint may sit on another host with a public certificate, and a
+    # vendor that moves to a public certificate keeps working. Verification stays on always.
+    ca_bundle: CaBundlePath | None = None
+
+
+class SourceConfig(BaseModel):
+    """Settings every source has; adapters subclass it with their own fields and `type`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    name: str = Field(pattern=SOURCE_NAME)
+    enabled: bool = True
+    base_url: str
+    allow_insecure_http: bool = False
+    http: HttpSettings = HttpSettings()
+    page_size: int = Field(100, ge=1, le=10000)
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    timezone: str = "UTC"
+    # Overrides of the mapping's status table: vendor word → paid|unpaid|pending|void.
+    status_map: dict[str, Literal["paid", "unpaid", "pending", "void"]] = {}
+    # Incremental syncs re-read this far behind the stored cursor (late writes, clock skew).
+    lookback: Duration = timedelta(minutes=5)
+    schedule: ScheduleText | None = None
+    # An extra category rules file (YAML), merged in front of mappings/category_rules.yaml.
+    category_rules: ConfigPath | None = None
+    # When set, an item no rule matches gets this category (accepted with a warning) instead
+    # of being quarantined as CATEGORY_UNMAPPED.
+    fallback_category: Category | None = None
+    # The `category_rules` file as `build_config` read and validated it: runs use exactly the
+    # rules that were checked when the config loaded, without reading the file again.
+    _loaded_rules: LoadedRules | None = PrivateAttr(default=None)
+
+    def keep_loaded_rules(self, rules: LoadedRules) -> None:
+        """Called by the loader once it has read and checked the `category_rules` file."""
+        self._loaded_rules = rules
+
+    def loaded_category_rules(self) -> LoadedRules | None:
+        """The rules file read when the config loaded, while `category_rules` still names it
+        (a `model_copy(update=...)` may point the source at another file: that one is read
+        when used)."""
+        kept = self._loaded_rules
+        return kept if kept is not None and kept.path == self.category_rules else None
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value if value.endswith("/") else value + "/"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if value.upper() != "UTC":
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _tls_unless_loopback(self) -> SourceConfig:
+        parts = urlsplit(self.base_url)
+        if (
+            parts.scheme == "http"
+            and not self.allow_insecure_http
+            and not _is_loopback(parts.hostname)
+        ):
+            raise ValueError(
+                f"base_url {self.base_url} is plain http to a non-loopback host: use https, "
+                "or set allow_insecure_http: true if the vendor offers nothing else"
+            )
+        return self
+
+    def secrets(self) -> list[str]:
+        """Every secret value of this source, for log and report scrubbing."""
+        return [
+            value.get_secret_value()
+            for value in (getattr(self, name) for name in type(self).model_fields)
+            if isinstance(value, SecretStr) and value.get_secret_value()
+        ]
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class StoreSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # A SQLite file path (relative: to the config file's directory), or any SQLAlchemy URL
+    # (postgresql+psycopg://...), used as written.
+    url: str = Field("./connector.db", validate_default=True)
+
+    @field_validator("url")
+    @classmethod
+    def _file_relative_to_config(cls, value: str, info: ValidationInfo) -> str:
+        return value if "://" in value else _relative_to_config(value, info)
+
+    def sqlalchemy_url(self, base_dir: Path | None = None) -> str:
+        if "://" in self.url:
+            return self.url
+        path = Path(self.url)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        return f"sqlite:///{path}"
+
+
+class LoggingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class PolicySettings(BaseModel):
+    """The policy registry's rules: the format a policy number must have."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pattern: str = r"^POL-\d+$"
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class DaemonSettings(BaseModel):
+    """`connector run`: default schedule, jitter, shutdown bound, leases, health endpoint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default_schedule: ScheduleText = "15m"
+    jitter: Duration = timedelta(seconds=30)
+    # SIGTERM lets the batch in flight finish; runs still going after this are cut off.
+    shutdown_timeout: Duration = timedelta(seconds=30)
+    # Backfill window claims and source lock rows expire this long after their last renewal
+    # (renewed every third of it), so a killed worker's work is taken over after about this.
+    lease: Duration = timedelta(seconds=60)
+    # /healthz and /metrics (Prometheus text); off unless a port is given (0: any free port).
+    health_port: int | None = Field(None, ge=0, le=65535)
+    health_host: str = "127.0.0.1"
+
+
+class AppConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    store: StoreSettings = StoreSettings()
+    logging: LoggingSettings = LoggingSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    policies: PolicySettings = PolicySettings()
+    sources: tuple[SourceConfig, ...] = ()
+
+    def source(self, name: str) -> SourceConfig:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        known = ", ".join(s.name for s in self.sources) or "none"
+        raise ConfigError([f"no source named {name!r} (configured: {known})"])
+
+    def secrets(self) -> list[str]:
+        return [secret for source in self.sources for secret in source.secrets()]
