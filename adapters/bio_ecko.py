@@ -18,6 +18,7 @@ from connector.errors import AuthError, ContractError
 from connector.settings import SourceConfig
 from connector.sources.adapter import FetchRequest, ListDetailAdapter
 from connector.sources.auth import OAuth2ClientCredentials, Token
+from connector.sources.discovery import VendorManifest
 from connector.sources.http import ErrorDescriber, describe_json_error
 from connector.sources.paginate import IndexedPaginator, Paginator, dig
 
@@ -141,3 +142,13 @@ class Adapter(ListDetailAdapter):
             where = self.config.detail_field or "$"
             raise ContractError(f"invoice detail answer has no invoice object at '{where}'")
         return record
+
+
+MANIFEST = VendorManifest(
+    type="bio_ecko",
+    adapter="adapters.bio_ecko:Adapter",
+    config="adapters.bio_ecko:Config",
+    mapping="mappings.bio_ecko:MAPPING",
+    sandbox_dialect="connector.sandbox.bio_ecko:BioEckoDialect",
+    sandbox_port_offset=3,
+)

@@ -1,18 +1,16 @@
 """CitaBox (Costa Rica): e-mail/password login answering a token and clinic memberships, an
 `x-clinic-id` header on every call, and `GET /billing/invoices` answering one plain JSON array.
 
-The array has no pagination and no filters, so it is stream-parsed element by element (never
-held whole), filtered on `updatedAt` here, and handed on in pages whose position is the number
-of array elements already dealt with.
+The array has no pagination and no filters: the core `SingleArrayPaginator` stream-parses it
+element by element (never held whole) and retries a dropped answer through the client; this
+adapter filters on `updatedAt` on the way.
 """
 
 from __future__ import annotations
 
-import asyncio
-import codecs
-import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, tzinfo
+from functools import partial
 from typing import Any, ClassVar, Literal
 from urllib.parse import urljoin
 
@@ -20,19 +18,18 @@ import httpx
 import orjson
 from pydantic import Field, SecretStr
 
-from connector.errors import AuthError, ContractError, RetriableError, RetriesExhausted
+from connector.errors import AuthError
 from connector.mapping.kit import MappingContext
 from connector.settings import SourceConfig
 from connector.sources.adapter import Adapter as BaseAdapter
 from connector.sources.adapter import FetchRequest, SourcePage
 from connector.sources.auth import Token, TokenAuth
-from connector.sources.http import ErrorDescriber, describe_json_error, describe_transport_error
-from connector.sources.paginate import Position
+from connector.sources.discovery import VendorManifest
+from connector.sources.http import ErrorDescriber, describe_json_error
+from connector.sources.paginate import SingleArrayPaginator
 
 LOGIN_PATH = "auth/login"
 INVOICES_PATH = "billing/invoices"
-# Bytes asked of the socket per read while streaming the invoice array.
-_CHUNK_BYTES = 64 * 1024
 
 
 class Config(SourceConfig):
@@ -139,112 +136,13 @@ class CitaBoxLogin(TokenAuth):
         return describe_nestjs_error(response)
 
 
-# -- streaming a JSON array -----------------------------------------------------------------
-
-
-class JsonArraySplitter:
-    """Splits a JSON array arriving in byte chunks into its elements, one at a time.
-
-    Each element is decoded by the C-accelerated `json` scanner as soon as it is complete, so
-    memory holds one chunk plus the element in progress, never the whole array. An element cut
-    by a chunk boundary is retried once twice as much of it has arrived (linear overall).
-    """
-
-    def __init__(self, *, max_element_chars: int, where: str) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-        self._json = json.JSONDecoder()
-        self._max = max_element_chars
-        self._where = where
-        self._buffer = ""
-        # "start" → "value" (after "[" or ",") / "first" (right after "[") → "after" → "done"
-        self._state = "start"
-        self._wait_for = 0  # buffer length to reach before retrying an incomplete element
-
-    def feed(self, data: bytes) -> list[Any]:
-        try:
-            self._buffer += self._decoder.decode(data)
-        except UnicodeDecodeError as exc:
-            raise ContractError(f"{self._where}: answer is not UTF-8 ({exc.reason})") from None
-        return self._drain(final=False)
-
-    def close(self) -> list[Any]:
-        """The last elements; raises if the array never ended."""
-        try:
-            self._buffer += self._decoder.decode(b"", final=True)
-        except UnicodeDecodeError as exc:
-            raise ContractError(f"{self._where}: answer is not UTF-8 ({exc.reason})") from None
-        elements = self._drain(final=True)
-        if self._state != "done":
-            raise ContractError(f"{self._where}: the JSON array ended early (truncated answer)")
-        return elements
-
-    def _fail(self, found: str) -> ContractError:
-        return ContractError(f"{self._where}: expected a JSON array of invoices, found {found}")
-
-    def _drain(self, *, final: bool) -> list[Any]:
-        elements: list[Any] = []
-        text = self._buffer
-        size = len(text)
-        pos = 0
-        while True:
-            while pos < size and text[pos] in " \t\r\n":
-                pos += 1
-            if pos >= size:
-                break
-            char = text[pos]
-            state = self._state
-            if state == "start":
-                if char != "[":
-                    raise self._fail(repr(text[pos : pos + 20]))
-                self._state, pos = "first", pos + 1
-            elif state == "done":
-                raise self._fail(f"data after the array: {text[pos : pos + 20]!r}")
-            elif state == "after":
-                if char == ",":
-                    self._state, pos = "value", pos + 1
-                elif char == "]":
-                    self._state, pos = "done", pos + 1
-                else:
-                    raise self._fail(f"{char!r} between elements")
-            elif char == "]" and state == "first":
-                self._state, pos = "done", pos + 1
-            else:
-                if not final and size - pos < self._wait_for:
-                    break
-                try:
-                    element, end = self._json.raw_decode(text, pos)
-                except json.JSONDecodeError as exc:
-                    if final:
-                        raise self._fail(f"invalid JSON ({exc.msg})") from None
-                    # Most likely cut by the chunk boundary; if it is plainly invalid, the
-                    # size bound or the end of the answer reports it.
-                    self._need_more(size - pos, exc.msg)
-                    break
-                if end >= size and not final:
-                    # A number at the very end may continue in the next chunk ("12" of "125").
-                    self._need_more(size - pos, "incomplete")
-                    break
-                elements.append(element)
-                self._state, pos, self._wait_for = "after", end, 0
-        self._buffer = text[pos:]
-        return elements
-
-    def _need_more(self, pending: int, problem: str) -> None:
-        if pending > self._max:
-            raise ContractError(
-                f"{self._where}: an array element is still not valid JSON after {self._max} "
-                f"characters ({problem}): the answer is malformed, or the element exceeds "
-                "max_record_bytes"
-            )
-        self._wait_for = max(pending + 1, 2 * pending)
-
-
 # -- the adapter ----------------------------------------------------------------------------
 
 
 class Adapter(BaseAdapter):
-    """The invoice array, streamed and handed on in pages of `page_size` records; position
-    `{"skip": n}` means the first n array elements were handed on or filtered out."""
+    """The invoice array through the core `SingleArrayPaginator`: streamed, filtered on
+    `updatedAt` on the way, handed on in pages of `page_size` records; position `{"skip": n}`
+    means the first n array elements were handed on or filtered out."""
 
     # The vendor cannot filter, but the adapter filters on `updatedAt` while streaming, so an
     # incremental run hands on only what changed.
@@ -260,70 +158,24 @@ class Adapter(BaseAdapter):
             urljoin(config.base_url, LOGIN_PATH), config.email, config.password, config.clinic_id
         )
 
-    async def fetch_pages(self, request: FetchRequest) -> AsyncIterator[SourcePage]:
+    def paginator(self, request: FetchRequest) -> SingleArrayPaginator:
         since = request.since
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
         zone = MappingContext.zone(self.config.timezone)
-        page: list[Any] = []
-        async for index, record in self._elements(_skip_of(request.resume)):
-            if since is not None and not _changed_since(record, since, zone):
-                continue
-            if len(page) >= self.config.page_size:
-                # Everything before `index` is handed on or filtered out.
-                yield SourcePage(page, {"skip": index})
-                page = []
-            page.append(record)
-        # Held back one record so that the last page is the one whose position is None.
-        yield SourcePage(page, None)
+        return SingleArrayPaginator(
+            page_size=self.config.page_size,
+            max_element_chars=self.config.max_record_bytes,
+            keep=None if since is None else partial(_changed_since, since=since, zone=zone),
+        )
 
-    async def _elements(self, skip: int) -> AsyncIterator[tuple[int, Any]]:
-        """(array index, element) from index `skip` on. A transient failure, even mid-stream,
-        re-requests the array and skips what was already dealt with."""
-        settings = self.client.settings
-        next_index = skip
-        failures = 0
-        while True:
-            try:
-                async with self.client.stream("GET", self.list_path) as response:
-                    where = f"GET {self.list_path}"
-                    splitter = JsonArraySplitter(
-                        max_element_chars=self.config.max_record_bytes, where=where
-                    )
-                    index = 0
-                    async for chunk in response.aiter_bytes(_CHUNK_BYTES):
-                        for element in splitter.feed(chunk):
-                            if index >= next_index:
-                                yield index, element
-                                next_index, failures = index + 1, 0
-                            index += 1
-                    for element in splitter.close():
-                        if index >= next_index:
-                            yield index, element
-                            next_index = index + 1
-                        index += 1
-                return
-            except (RetriableError, httpx.TransportError) as exc:
-                failures += 1
-                said = (
-                    describe_transport_error(exc)
-                    if isinstance(exc, httpx.TransportError)
-                    else str(exc)
-                )
-                if failures > settings.max_retries:
-                    raise RetriesExhausted(
-                        f"GET {self.list_path} still failing after {failures} attempts: {said}"
-                    ) from None
-                await asyncio.sleep(self.client.retry_delay(failures, exc))
-
-
-def _skip_of(position: Position | None) -> int:
-    if not position:
-        return 0
-    skip = position.get("skip", 0)
-    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
-        raise ContractError(f"unusable resume position {position!r}")
-    return skip
+    async def fetch_pages(self, request: FetchRequest) -> AsyncIterator[SourcePage]:
+        pages = self.paginator(request).pages(self.client, self.list_path, {}, request.resume)
+        try:
+            async for page in pages:
+                yield SourcePage(page.records, page.position)
+        finally:
+            await pages.aclose()
 
 
 def _changed_since(record: Any, since: datetime, zone: tzinfo) -> bool:
@@ -341,3 +193,13 @@ def _changed_since(record: Any, since: datetime, zone: tzinfo) -> bool:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
     return moment >= since
+
+
+MANIFEST = VendorManifest(
+    type="citabox",
+    adapter="adapters.citabox:Adapter",
+    config="adapters.citabox:Config",
+    mapping="mappings.citabox:MAPPING",
+    sandbox_dialect="connector.sandbox.citabox:CitaBoxDialect",
+    sandbox_port_offset=4,
+)

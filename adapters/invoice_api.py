@@ -25,6 +25,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from connector.settings import SourceConfig
 from connector.sources.adapter import FetchRequest, ListDetailAdapter, SourcePage
 from connector.sources.auth import OAuth2Password
+from connector.sources.discovery import VendorManifest
 from connector.sources.http import ErrorDescriber, SourceClient
 from connector.sources.lookups import GoneFailsRecord, PerRunLookup
 from connector.sources.paginate import IndexedPaginator, Paginator
@@ -158,3 +159,13 @@ def _patient_id(raw: Any) -> str | None:
 def _record_key(raw: Any) -> str:
     value = raw.get("id") if isinstance(raw, dict) else None
     return str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+
+
+MANIFEST = VendorManifest(
+    type="invoice_api",
+    adapter="adapters.invoice_api:Adapter",
+    config="adapters.invoice_api:Config",
+    mapping="mappings.invoice_api:MAPPING",
+    sandbox_dialect="connector.sandbox.invoice_api:InvoiceApiDialect",
+    sandbox_port_offset=5,
+)

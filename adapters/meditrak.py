@@ -12,6 +12,7 @@ from connector.errors import ContractError
 from connector.settings import SourceConfig
 from connector.sources.adapter import FetchRequest, ListDetailAdapter
 from connector.sources.auth import BearerKey
+from connector.sources.discovery import VendorManifest
 from connector.sources.paginate import IndexedPaginator, Paginator
 
 
@@ -65,3 +66,13 @@ class Adapter(ListDetailAdapter):
         if not isinstance(body, dict) or not isinstance(body.get("invoice"), dict):
             raise ContractError("invoice detail answer has no 'invoice' object")
         return body["invoice"]
+
+
+MANIFEST = VendorManifest(
+    type="meditrak",
+    adapter="adapters.meditrak:Adapter",
+    config="adapters.meditrak:Config",
+    mapping="mappings.meditrak:MAPPING",
+    sandbox_dialect="connector.sandbox.meditrak:MediTrakDialect",
+    sandbox_port_offset=0,
+)

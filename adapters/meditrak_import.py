@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, model_validator
 from connector.settings import SourceConfig
 from connector.sources.adapter import FetchRequest, ListDetailAdapter
 from connector.sources.auth import BearerKey
+from connector.sources.discovery import VendorManifest
 from connector.sources.paginate import IndexedPaginator, Paginator
 
 
@@ -97,3 +98,13 @@ class Adapter(ListDetailAdapter):
         if request.date_to and cfg.date_to_param:
             params[cfg.date_to_param] = request.date_to.isoformat()
         return params
+
+
+MANIFEST = VendorManifest(
+    type="meditrak_import",
+    adapter="adapters.meditrak_import:Adapter",
+    config="adapters.meditrak_import:Config",
+    mapping="mappings.meditrak_import:MAPPING",
+    sandbox_dialect="connector.sandbox.meditrak_import:MediTrakImportDialect",
+    sandbox_port_offset=1,
+)

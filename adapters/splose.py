@@ -22,6 +22,7 @@ from pydantic import Field, SecretStr, model_validator
 from connector.settings import HttpSettings, SourceConfig
 from connector.sources.adapter import FetchRequest, ListDetailAdapter, SourcePage
 from connector.sources.auth import BearerKey
+from connector.sources.discovery import VendorManifest
 from connector.sources.http import SourceClient
 from connector.sources.lookups import GoneAsNone, PerRunLookup
 from connector.sources.paginate import NextLinkPaginator, Paginator
@@ -125,3 +126,13 @@ def splose_time(moment: datetime) -> str:
     """UTC with milliseconds and a Z, the form Splose itself writes."""
     text = moment.astimezone(UTC).isoformat(timespec="milliseconds")
     return text.replace("+00:00", "Z")
+
+
+MANIFEST = VendorManifest(
+    type="splose",
+    adapter="adapters.splose:Adapter",
+    config="adapters.splose:Config",
+    mapping="mappings.splose:MAPPING",
+    sandbox_dialect="connector.sandbox.splose:SploseDialect",
+    sandbox_port_offset=2,
+)

@@ -1,9 +1,17 @@
-"""structlog set up once: console output on a terminal, JSON lines otherwise, secrets scrubbed.
+"""structlog set up once, for the connector's own events and for every stdlib logger alike
+(httpx, aiohttp, alembic, apscheduler, asyncio): console output on a terminal, JSON lines
+otherwise, secrets scrubbed and patient data masked.
+
+structlog events are handed to stdlib `logging`, and one root handler renders every record
+through `structlog.stdlib.ProcessorFormatter`: a library's record passes through the same
+processors (`foreign_pre_chain`) as the connector's own events, so no line, whoever writes
+it, escapes the scrubbing or breaks the one-JSON-object-per-line output.
 
 Every event passes through `scrub_secrets`, which replaces any configured secret value (and
 anything that looks like a bearer token) wherever it appears, so a careless message or an
 exception text cannot leak a credential, and through `mask_patient_data`, which masks patient
-names and policy numbers.
+names and policy numbers. `bound_run` binds `source` / `run_id` to every line written while a
+run is under way, by structlog or by a library.
 """
 
 from __future__ import annotations
@@ -11,7 +19,9 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
+from contextlib import contextmanager
+from contextvars import Token
 from typing import Any, Literal
 
 import structlog
@@ -58,6 +68,8 @@ def scrub_secrets(
 _POLICY_TEXT = re.compile(r"\b[A-Z]{2,6}-\d{4,}\b")
 # Event keys that name the connector's own things, never a person.
 _STRUCTURAL_KEYS = frozenset({"event", "level", "timestamp", "logger", "name", "exception"})
+# What ProcessorFormatter carries through the processors: the stdlib record itself.
+_FORMATTER_KEYS = frozenset({"_record", "_from_structlog"})
 
 
 def _mask_text(text: str) -> str:
@@ -71,6 +83,8 @@ def mask_patient_data(
     name / policy keys (at any depth) are masked like the CLI masks them ("J*** D**",
     "POL-****89"), and policy numbers inside messages are masked too."""
     for key, value in list(event.items()):
+        if key in _FORMATTER_KEYS:
+            continue
         if key in _STRUCTURAL_KEYS or key.startswith("source"):
             if isinstance(value, str):
                 event[key] = _mask_text(value)
@@ -94,16 +108,31 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+# Loggers of the project: they speak at the configured level. Every other stdlib logger (a
+# library's) speaks at warnings and above, or from INFO up when the operator asks for debug.
+PROJECT_LOGGERS = ("connector", "adapters")
+
+
+class _ConnectorHandler(logging.StreamHandler[Any]):
+    """The root handler `configure_logging` installs: marked by its class, so that configuring
+    again replaces it and leaves other handlers (a test runner's) alone."""
+
+
+def _library_level(level: int) -> int:
+    return logging.INFO if level <= logging.DEBUG else max(level, logging.WARNING)
+
+
 def configure_logging(
     level: str = "info",
     fmt: Literal["auto", "json", "console"] = "auto",
     stream: Any = None,
 ) -> None:
-    as_json = fmt == "json" or (fmt == "auto" and not (stream or sys.stderr).isatty())
     is_tty = (stream or sys.stderr).isatty()
-    stream = stream or _CurrentStderr()
+    as_json = fmt == "json" or (fmt == "auto" and not is_tty)
+    threshold = logging.getLevelNamesMapping()[level.upper()]
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
@@ -116,16 +145,54 @@ def configure_logging(
         else structlog.dev.ConsoleRenderer(colors=is_tty)
     )
     structlog.configure(
-        processors=[*shared, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Events below the level are dropped here, before anything is built for them.
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
-    # Libraries that log through stdlib (httpx, alembic) stay quiet below warnings.
-    logging.basicConfig(
-        level=logging.WARNING, stream=stream, format="%(levelname)s %(name)s %(message)s"
+    handler = _ConnectorHandler(stream or _CurrentStderr())
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
     )
-    for noisy in ("httpx", "httpcore", "alembic", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _ConnectorHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(_library_level(threshold))
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(threshold)
+
+
+class RunBinding:
+    """The fields `bound_run` bound; `bind` adds more once known (the run id, after the run
+    row is written)."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, Token[Any]] = {}
+
+    def bind(self, **fields: Any) -> None:
+        for key, token in structlog.contextvars.bind_contextvars(**fields).items():
+            # The first token restores what was there before the run, not an earlier bind.
+            self._tokens.setdefault(key, token)
+
+    def reset(self) -> None:
+        structlog.contextvars.reset_contextvars(**self._tokens)
+        self._tokens.clear()
+
+
+@contextmanager
+def bound_run(source: str, **fields: Any) -> Iterator[RunBinding]:
+    """`source` (and `fields`, e.g. `kind`, `run_id`) on every log line written inside the
+    block, in this task or thread and in those it starts (asyncio tasks, `to_thread`), whether
+    structlog or a library (httpx, alembic) writes it. The previous values come back on exit,
+    so concurrent runs in separate tasks never see each other's fields."""
+    binding = RunBinding()
+    binding.bind(source=source, **fields)
+    try:
+        yield binding
+    finally:
+        binding.reset()

@@ -12,9 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Any
 
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
-
 _DURATION = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h|d|w)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _EVERY = re.compile(r"^\s*every\s+", re.IGNORECASE)
@@ -48,6 +45,11 @@ class Schedule:
 
     def trigger(self, jitter: timedelta = timedelta(0)) -> Any:
         """The APScheduler trigger; raises ValueError when the schedule cannot be built."""
+        # Imported here: a sync or a backfill that never meets a schedule does not load
+        # APScheduler at all.
+        from apscheduler.triggers.cron import CronTrigger
+        from apscheduler.triggers.interval import IntervalTrigger
+
         if self.interval is not None:
             # Jitter spreads replicas and sources apart; more than half the interval would
             # turn "every 1m" into "whenever", so it is capped there.

@@ -25,9 +25,9 @@ from connector.mapping.kit import (
     Timestamp,
     id_field,
     parse_payload,
-    to_utc,
 )
-from connector.model import Invoice, InvoiceStatus, LineItem, Patient, to_cents
+from connector.mapping.lines import added_tax, discount, vendor_line
+from connector.model import Invoice, InvoiceStatus, LineItem, Patient
 
 ZERO = Decimal("0.00")
 
@@ -125,45 +125,27 @@ STATUS_MAP: dict[str, InvoiceStatus] = {
 }
 
 
-def _plain(number: Decimal) -> str:
-    """A quantity or percentage as written on a bill: 2 not 2.000, 0.5 not 0.50."""
-    if number == number.to_integral_value():
-        return f"{number.quantize(Decimal(1)):f}"
-    return f"{number.normalize():f}"
-
-
-def fold_note(line: LinePayload) -> str:
-    """The short "qty × rate, less discount, +tax" suffix of a folded line's description."""
-    parts = [f"{_plain(line.quantity)} × {to_cents(line.rate):f}"]
-    if line.discount:
-        parts.append(f"less {to_cents(line.discount):f}")
-    if line.tax:
-        rate = f"{_plain(line.tax_rate)}% " if line.tax_rate else ""
-        parts.append(f"+{rate}GST {to_cents(line.tax):f}")
-    return ", ".join(parts)
-
-
 def canonical_item(line: LinePayload, ctx: MappingContext) -> LineItem:
-    """One Bio Ecko line: as billed when unadjusted, else one unit at its net amount.
+    """One Bio Ecko line: as billed when unadjusted, else one unit at its net amount (the
+    gross in whole paise, less the discount, plus GST).
 
     The item total is the vendor's stated `amount`, so a line whose parts do not add up to
     its amount fails validation as ITEM_TOTAL_MISMATCH instead of being silently trusted.
     """
-    match = ctx.categorize(line.department, line.service_name)
-    common: dict[str, Any] = {
-        "category": match.category,
-        "category_rule": match.rule,
-        "source_category": line.department,
-        "total": line.amount,
-    }
-    if not line.discount and not line.tax:
-        return LineItem(
-            description=line.service_name, quantity=line.quantity, unit_price=line.rate, **common
-        )
-    # The vendor bills the gross in whole paise before discount and GST.
-    net = to_cents(line.quantity * line.rate) - line.discount + line.tax
-    description = f"{line.service_name} ({fold_note(line)})" if line.service_name else None
-    return LineItem(description=description, quantity=Decimal(1), unit_price=net, **common)
+    adjustments = []
+    if line.discount:
+        adjustments.append(discount(line.discount))
+    if line.tax:
+        adjustments.append(added_tax(line.tax, line.tax_rate, "GST"))
+    return vendor_line(
+        ctx,
+        line.department,
+        line.service_name,
+        line.quantity,
+        line.rate,
+        adjustments,
+        stated_total=line.amount,
+    )
 
 
 def to_canonical(raw: Any, ctx: MappingContext) -> Invoice:
@@ -191,8 +173,33 @@ def to_canonical(raw: Any, ctx: MappingContext) -> Invoice:
             source_ref=record.patient.id,
         ),
         items=tuple(canonical_item(line, ctx) for line in record.line_items),
-        source_updated_at=to_utc(record.updated_at, ctx.timezone) if record.updated_at else None,
+        source_updated_at=ctx.utc(record.updated_at),
     )
+
+
+# Which vendor field feeds each canonical field (`SourceMapping.field_sources`); a folded line's
+# unit price is its net amount, its total the vendor's stated `amount`.
+FIELD_SOURCES: dict[str, tuple[str, ...]] = {
+    "id": ("id",),
+    "invoice_number": ("invoice_number",),
+    "invoice_date": ("date",),
+    "total_amount": ("totals.grand_total",),
+    "status": ("status",),
+    "facility": ("branch.name",),
+    "patient.name": ("patient.name",),
+    "patient.policy_number": ("patient.insurance.policy_number",),
+    "items": ("line_items",),
+    "items[].category": ("line_items[].department", "line_items[].service_name"),
+    "items[].description": ("line_items[].service_name",),
+    "items[].quantity": ("line_items[].quantity",),
+    "items[].unit_price": (
+        "line_items[].rate",
+        "line_items[].quantity",
+        "line_items[].discount",
+        "line_items[].tax",
+    ),
+    "items[].total": ("line_items[].amount",),
+}
 
 
 MAPPING = SourceMapping(
@@ -200,4 +207,5 @@ MAPPING = SourceMapping(
     status_map=STATUS_MAP,
     to_canonical=to_canonical,
     record_id=id_field("id"),
+    field_sources=FIELD_SOURCES,
 )

@@ -7,7 +7,6 @@ no line items, a payment status and a Hacienda e-invoice status. It becomes one 
 
 from __future__ import annotations
 
-from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -22,8 +21,8 @@ from connector.mapping.kit import (
     Timestamp,
     id_field,
     parse_payload,
-    to_utc,
 )
+from connector.mapping.lines import line_item
 from connector.model import Invoice, InvoiceStatus, LineItem, Patient
 
 
@@ -98,22 +97,7 @@ STATUS_MAP: dict[str, InvoiceStatus] = {
 def service_item(total: Decimal, description: str | None, ctx: MappingContext) -> LineItem:
     """The invoice's one service as a canonical item. CitaBox has no category word of its own,
     so the rules see only the (Spanish) description."""
-    match = ctx.categorize(None, description)
-    return LineItem(
-        category=match.category,
-        description=description,
-        quantity=Decimal(1),
-        unit_price=total,
-        total=total,
-        source_category=None,
-        category_rule=match.rule,
-    )
-
-
-def local_date(moment: datetime, ctx: MappingContext) -> date:
-    """The calendar date of a timestamp in the clinic's time zone (config `timezone`): an
-    invoice created at 21:00 in San José is dated that day, not the next UTC day."""
-    return to_utc(moment, ctx.timezone).astimezone(ctx.timezone).date()
+    return line_item(ctx, None, description, Decimal(1), total, total)
 
 
 def to_canonical(raw: Any, ctx: MappingContext) -> Invoice:
@@ -125,7 +109,8 @@ def to_canonical(raw: Any, ctx: MappingContext) -> Invoice:
         id=record.id,
         # Drafts have no Hacienda consecutive yet; the CitaBox id is then the only number.
         invoice_number=record.hacienda_consecutive or record.id,
-        invoice_date=local_date(record.created_at, ctx),
+        # The clinic's day (config `timezone`), not the UTC day.
+        invoice_date=ctx.local_date(record.created_at),
         total_amount=record.total_amount,
         paid_amount=record.paid_amount,
         # CitaBox bills in colones only and carries no currency field.
@@ -139,8 +124,33 @@ def to_canonical(raw: Any, ctx: MappingContext) -> Invoice:
             source_ref=record.patient_id or (record.patient.id if record.patient else None),
         ),
         items=(service_item(record.total_amount, record.service_description, ctx),),
-        source_updated_at=to_utc(record.updated_at, ctx.timezone) if record.updated_at else None,
+        source_updated_at=ctx.utc(record.updated_at),
     )
+
+
+# Which vendor field feeds each canonical field (`SourceMapping.field_sources`). The one item is
+# the invoice's service, quantity 1; the facility is a setting, the policy a patient link.
+FIELD_SOURCES: dict[str, tuple[str, ...]] = {
+    "id": ("id",),
+    "invoice_number": ("hacienda_consecutive", "id"),
+    "invoice_date": ("createdAt",),
+    "total_amount": ("total_amount",),
+    "status": ("payment_status", "hacienda_status"),
+    "facility": ("setting:facility",),
+    "patient.name": (
+        "patient.first_name",
+        "patient.last_name",
+        "patient.full_name",
+        "patient.name",
+    ),
+    "patient.policy_number": ("policy_link",),
+    "items": ("service_description", "total_amount"),
+    "items[].category": ("service_description",),
+    "items[].description": ("service_description",),
+    "items[].quantity": (),
+    "items[].unit_price": ("total_amount",),
+    "items[].total": ("total_amount",),
+}
 
 
 MAPPING = SourceMapping(
@@ -148,4 +158,5 @@ MAPPING = SourceMapping(
     status_map=STATUS_MAP,
     to_canonical=to_canonical,
     record_id=id_field("id"),
+    field_sources=FIELD_SOURCES,
 )

@@ -21,7 +21,6 @@ with its own arithmetic is still an ITEM_TOTAL_MISMATCH.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -29,6 +28,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from connector.mapping.kit import (
+    PATIENT_LOOKUP_KEY,
     MappingContext,
     Money,
     OptionalText,
@@ -39,8 +39,8 @@ from connector.mapping.kit import (
     id_field,
     parse_decimal,
     parse_payload,
-    to_utc,
 )
+from connector.mapping.lines import discount, invoice_discount_share, percent_of, vendor_line
 from connector.model import Invoice, InvoiceStatus, LineItem, Patient, to_cents
 
 ZERO = Decimal("0.00")
@@ -102,7 +102,7 @@ class InvoicePayload(BaseModel):
     items: Annotated[list[ItemPayload], BeforeValidator(_list_or_empty)] = []
     updated_at: Timestamp | None = None
     # Attached by the adapter from GET patient/{id}; absent when `fetch_patients` is off.
-    patient: PatientPayload | None = Field(None, alias="_patient")
+    patient: PatientPayload | None = Field(None, alias=PATIENT_LOOKUP_KEY)
 
 
 # The vendor's words exactly as it sends them; PARTIALY_PAID is the vendor's own spelling.
@@ -122,7 +122,7 @@ def invoice_discount(record: InvoicePayload, line_nets: Sequence[Decimal]) -> De
         return record.discount_amount
     if record.discount_percent:
         base = record.subtotal if record.subtotal is not None else sum(line_nets, ZERO)
-        return to_cents(base * record.discount_percent / 100)
+        return percent_of(base, record.discount_percent)
     return ZERO
 
 
@@ -138,62 +138,34 @@ def allocate(amount: Decimal, weights: Sequence[Decimal]) -> list[Decimal]:
     return [*shares, amount - sum(shares, ZERO)]
 
 
-def _folded_description(
-    name: str | None, item: ItemPayload, line_discount: Decimal, share: Decimal
-) -> str | None:
-    if name is None:
-        return None
-    parts = [f"{item.quantity.normalize():f} × {item.unit_price:.2f}"]
-    if line_discount:
-        parts.append(f"less {line_discount:.2f}")
-    if share:
-        parts.append(f"less {share:.2f} invoice discount")
-    return f"{name} ({', '.join(parts)})"
-
-
 def canonical_items(record: InvoicePayload, ctx: MappingContext) -> tuple[LineItem, ...]:
+    """Every line as an item; an invoice-level discount folds them all, each with its share."""
     line_discounts = [item.discount_amount or ZERO for item in record.items]
     nets = [
-        to_cents(item.quantity * item.unit_price) - discount
-        for item, discount in zip(record.items, line_discounts, strict=True)
+        to_cents(item.quantity * item.unit_price) - line_discount
+        for item, line_discount in zip(record.items, line_discounts, strict=True)
     ]
-    discount = invoice_discount(record, nets)
-    shares = allocate(discount, nets) if discount else [ZERO] * len(nets)
+    whole_discount = invoice_discount(record, nets)
+    shares = allocate(whole_discount, nets) if whole_discount else [None] * len(nets)
     mapped = []
-    for item, line_discount, net, share in zip(
-        record.items, line_discounts, nets, shares, strict=True
-    ):
-        name = item.name or item.description
-        match = ctx.categorize(item.category, name)
-        vendor_total = item.total if item.total is not None else net
-        if discount or line_discount:
-            quantity, unit_price = Decimal(1), net - share
-            total = vendor_total - share
-            description = _folded_description(name, item, line_discount, share)
-        else:
-            quantity, unit_price, total, description = (
+    for item, line_discount, share in zip(record.items, line_discounts, shares, strict=True):
+        adjustments = []
+        if line_discount:
+            adjustments.append(discount(line_discount))
+        if share is not None:
+            adjustments.append(invoice_discount_share(share))
+        mapped.append(
+            vendor_line(
+                ctx,
+                item.category,
+                item.name or item.description,
                 item.quantity,
                 item.unit_price,
-                vendor_total,
-                name,
-            )
-        mapped.append(
-            LineItem(
-                category=match.category,
-                description=description,
-                quantity=quantity,
-                unit_price=unit_price,
-                total=total,
-                source_category=item.category,
-                category_rule=match.rule,
+                adjustments,
+                stated_total=item.total,
             )
         )
     return tuple(mapped)
-
-
-def invoice_date(issued: datetime, ctx: MappingContext) -> date:
-    """The calendar date of the issue time in the source's zone (naive means that zone)."""
-    return to_utc(issued, ctx.timezone).astimezone(ctx.timezone).date()
 
 
 def canonical_patient(record: InvoicePayload) -> Patient:
@@ -214,7 +186,7 @@ def to_canonical(raw: Any, ctx: MappingContext) -> Invoice:
         source=ctx.source,
         id=record.id,
         invoice_number=record.reg_number,
-        invoice_date=invoice_date(record.issue_date, ctx) if record.issue_date else None,
+        invoice_date=ctx.local_date(record.issue_date) if record.issue_date else None,
         total_amount=record.total_amount,
         paid_amount=record.paid_amount,
         currency=ctx.currency,
@@ -222,8 +194,38 @@ def to_canonical(raw: Any, ctx: MappingContext) -> Invoice:
         source_status=record.status,
         patient=canonical_patient(record),
         items=canonical_items(record, ctx),
-        source_updated_at=to_utc(record.updated_at, ctx.timezone) if record.updated_at else None,
+        source_updated_at=ctx.utc(record.updated_at),
     )
+
+
+# A line's own price and discount, then the invoice-level discount shared over the lines.
+_LINE_ARITHMETIC = (
+    "items[].unit_price",
+    "items[].quantity",
+    "items[].discount_amount",
+    "discount_amount",
+    "discount_percent",
+    "subtotal",
+)
+
+# Which vendor field feeds each canonical field (`SourceMapping.field_sources`); the patient
+# comes from the lookup the adapter attaches. No facility.
+FIELD_SOURCES: dict[str, tuple[str, ...]] = {
+    "id": ("id",),
+    "invoice_number": ("reg_number",),
+    "invoice_date": ("issue_date",),
+    "total_amount": ("total_amount",),
+    "status": ("status",),
+    "facility": (),
+    "patient.name": ("patient_lookup:first_name", "patient_lookup:last_name"),
+    "patient.policy_number": ("patient_lookup:insurance_policy_number",),
+    "items": ("items",),
+    "items[].category": ("items[].category", "items[].name", "items[].description"),
+    "items[].description": ("items[].name", "items[].description"),
+    "items[].quantity": ("items[].quantity",),
+    "items[].unit_price": _LINE_ARITHMETIC,
+    "items[].total": ("items[].total", *_LINE_ARITHMETIC),
+}
 
 
 MAPPING = SourceMapping(
@@ -231,4 +233,5 @@ MAPPING = SourceMapping(
     status_map=STATUS_MAP,
     to_canonical=to_canonical,
     record_id=id_field("id"),
+    field_sources=FIELD_SOURCES,
 )

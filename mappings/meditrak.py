@@ -23,6 +23,7 @@ from connector.mapping.kit import (
     parse_payload,
 )
 from connector.model import Invoice, InvoiceStatus
+from mappings import meditrak_import
 from mappings.meditrak_import import ItemPayload, PatientPayload, invoice_from_record
 
 
@@ -59,9 +60,18 @@ def to_canonical(raw: Any, ctx: MappingContext) -> Invoice:
     return invoice_from_record(parse_payload(MediTrakInvoicePayload, raw), ctx)
 
 
+# The import record's field sources (see `SourceMapping.field_sources`), two fields renamed.
+FIELD_SOURCES = {
+    **meditrak_import.FIELD_SOURCES,
+    "id": ("invoice_id",),
+    "invoice_date": ("service_date",),
+}
+
+
 MAPPING = SourceMapping(
     vendor="meditrak",
     status_map=STATUS_MAP,
     to_canonical=to_canonical,
     record_id=id_field("invoice_id"),
+    field_sources=FIELD_SOURCES,
 )

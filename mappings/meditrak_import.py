@@ -29,6 +29,7 @@ from connector.mapping.kit import (
     parse_payload,
     to_utc,
 )
+from connector.mapping.lines import line_item
 from connector.model import Invoice, InvoiceStatus, LineItem, Patient
 
 
@@ -75,28 +76,8 @@ STATUS_MAP = {
 def canonical_items(items: Sequence[ItemPayload], ctx: MappingContext) -> tuple[LineItem, ...]:
     """Items that already carry quantity, unit price and total; categories via the rules."""
     return tuple(
-        _line_item(item.category, item.description, item.quantity, item.unit_price, item.total, ctx)
+        line_item(ctx, item.category, item.description, item.quantity, item.unit_price, item.total)
         for item in items
-    )
-
-
-def _line_item(
-    category: str | None,
-    description: str | None,
-    quantity: Decimal,
-    unit_price: Decimal,
-    total: Decimal,
-    ctx: MappingContext,
-) -> LineItem:
-    match = ctx.categorize(category, description)
-    return LineItem(
-        category=match.category,
-        description=description,
-        quantity=quantity,
-        unit_price=unit_price,
-        total=total,
-        source_category=category,
-        category_rule=match.rule,
     )
 
 
@@ -217,7 +198,7 @@ def _parse_plain(raw: Any, ctx: MappingContext) -> Invoice | None:
         updated_at = None if updated is None else _timestamp(updated)
     except Exception:  # any failing field: the models decide
         return None
-    items = tuple(_line_item(*item, ctx) for item in values)
+    items = tuple(line_item(ctx, *item) for item in values)
     return _invoice(
         ctx,
         record_id,
@@ -234,9 +215,30 @@ def _parse_plain(raw: Any, ctx: MappingContext) -> Invoice | None:
     )
 
 
+# Which vendor field feeds each canonical field (`SourceMapping.field_sources`); the category
+# rules read the item's description after its category word.
+FIELD_SOURCES: dict[str, tuple[str, ...]] = {
+    "id": ("id",),
+    "invoice_number": ("invoice_number",),
+    "invoice_date": ("invoice_date",),
+    "total_amount": ("total_amount",),
+    "status": ("status",),
+    "facility": ("facility",),
+    "patient.name": ("patient.name",),
+    "patient.policy_number": ("patient.policy_number",),
+    "items": ("items",),
+    "items[].category": ("items[].category", "items[].description"),
+    "items[].description": ("items[].description",),
+    "items[].quantity": ("items[].quantity",),
+    "items[].unit_price": ("items[].unit_price",),
+    "items[].total": ("items[].total",),
+}
+
+
 MAPPING = SourceMapping(
     vendor="meditrak_import",
     status_map=STATUS_MAP,
     to_canonical=to_canonical,
     record_id=id_field("id"),
+    field_sources=FIELD_SOURCES,
 )

@@ -26,6 +26,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from connector.mapping.kit import (
+    PATIENT_LOOKUP_KEY,
     MappingContext,
     Money,
     OptionalText,
@@ -38,6 +39,7 @@ from connector.mapping.kit import (
     parse_payload,
     to_utc,
 )
+from connector.mapping.lines import added_tax, discount, percent_of, vendor_line
 from connector.model import Invoice, InvoiceStatus, LineItem, Patient, to_cents
 
 # Splose's three documented words. A Draft is not yet billable; "Awaiting Payment" is issued.
@@ -159,48 +161,20 @@ class SploseInvoicePayload(_SploseModel):
     is_archived: bool | None = None
     updated_at: Timestamp | None = None
     # Not a Splose field: the patient resource attached by the adapter (None when not fetched).
-    patient: SplosePatientPayload | None = Field(None, alias="_patient")
-
-
-def _amount(value: Decimal) -> str:
-    return f"{value:.2f}"
-
-
-def _plain(value: Decimal) -> str:
-    return format(value.normalize(), "f")
+    patient: SplosePatientPayload | None = Field(None, alias=PATIENT_LOOKUP_KEY)
 
 
 def canonical_item(item: SploseItemPayload, tax_status: TaxStatus, ctx: MappingContext) -> LineItem:
     """One Splose line as a MediTrak item, discount and added tax folded into the amount."""
-    gross = to_cents(item.quantity * item.unit_price)
-    discount = item.discount or _ZERO
-    rate = item.tax_rate or _ZERO
-    after_discount = gross - discount
-    adds_tax = tax_status == "excluding" and rate > 0
-    tax = to_cents(after_discount * rate / _HUNDRED) if adds_tax else _ZERO
-    net = after_discount + tax
-    source_word = item.code or item.type
-    match = ctx.categorize(source_word, item.description)
-    if not discount and not adds_tax:
-        quantity, unit_price, total = item.quantity, item.unit_price, gross
-        description = item.description
-    else:
-        parts = [f"{_plain(item.quantity)} × {_amount(item.unit_price)}"]
-        if discount:
-            parts.append(f"less {_amount(discount)}")
-        if adds_tax:
-            parts.append(f"+{_plain(rate)}% tax {_amount(tax)}")
-        suffix = f"({', '.join(parts)})"
-        quantity, unit_price, total = Decimal(1), net, net
-        description = f"{item.description} {suffix}" if item.description else None
-    return LineItem(
-        category=match.category,
-        description=description,
-        quantity=quantity,
-        unit_price=unit_price,
-        total=total,
-        source_category=source_word,
-        category_rule=match.rule,
+    adjustments = []
+    if item.discount:
+        adjustments.append(discount(item.discount))
+    rate = item.tax_rate
+    if tax_status == "excluding" and rate:
+        after_discount = to_cents(item.quantity * item.unit_price) - (item.discount or _ZERO)
+        adjustments.append(added_tax(percent_of(after_discount, rate), rate))
+    return vendor_line(
+        ctx, item.code or item.type, item.description, item.quantity, item.unit_price, adjustments
     )
 
 
@@ -257,8 +231,41 @@ def to_canonical(raw: Any, ctx: MappingContext) -> Invoice:
             source_ref=record.patient_id,
         ),
         items=tuple(canonical_item(i, record.tax_status, ctx) for i in record.invoice_items),
-        source_updated_at=to_utc(record.updated_at, ctx.timezone) if record.updated_at else None,
+        source_updated_at=ctx.utc(record.updated_at),
     )
+
+
+# A Splose line has no total of its own: the item's amounts are computed from these.
+_LINE_AMOUNT = (
+    "invoiceItems[].unitPrice",
+    "invoiceItems[].quantity",
+    "invoiceItems[].discount",
+    "invoiceItems[].taxRate",
+    "taxStatus",
+)
+
+# Which vendor field feeds each canonical field (`SourceMapping.field_sources`); Splose has no
+# facility, and the patient comes from the lookup the adapter attaches.
+FIELD_SOURCES: dict[str, tuple[str, ...]] = {
+    "id": ("id",),
+    "invoice_number": ("invoiceNumber",),
+    "invoice_date": ("issueDate",),
+    "total_amount": ("total",),
+    "status": ("status",),
+    "facility": (),
+    "patient.name": ("patient_lookup:firstName", "patient_lookup:lastName"),
+    "patient.policy_number": ("referenceNumbers",),
+    "items": ("invoiceItems",),
+    "items[].category": (
+        "invoiceItems[].code",
+        "invoiceItems[].type",
+        "invoiceItems[].description",
+    ),
+    "items[].description": ("invoiceItems[].description",),
+    "items[].quantity": ("invoiceItems[].quantity",),
+    "items[].unit_price": _LINE_AMOUNT,
+    "items[].total": _LINE_AMOUNT,
+}
 
 
 MAPPING = SourceMapping(
@@ -266,4 +273,5 @@ MAPPING = SourceMapping(
     status_map=STATUS_MAP,
     to_canonical=to_canonical,
     record_id=id_field("id"),
+    field_sources=FIELD_SOURCES,
 )

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -27,11 +26,11 @@ from connector.pipeline.engine import EXIT_AFTER_BATCHES_ENV
 from connector.sandbox import SandboxServer
 from connector.store import Store
 from connector.store.schema import invoice, invoice_item, sync_run
+from tests.conftest import CONNECTOR_BIN
 
 PG_URL_ENV = "CONNECTOR_TEST_PG_URL"
 PG_REQUIRED_ENV = "CONNECTOR_REQUIRE_PG"
 PG_DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-CONNECTOR_BIN = Path(sys.executable).with_name("connector")
 # Retry fast: a test wants a failure in milliseconds, not after a production back-off.
 FAST_HTTP = {"max_retries": 2, "backoff_base": "10ms", "backoff_max": "50ms", "timeout": "10s"}
 
@@ -120,20 +119,6 @@ def connector_processes(workdir: Path) -> Iterator[Callable[..., ConnectorProces
     finally:
         for process in started:
             process.close()
-
-
-def run_connector(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    for inherited in ("CONNECTOR_CONFIG", EXIT_AFTER_BATCHES_ENV):
-        environment.pop(inherited, None)
-    return subprocess.run(
-        [str(CONNECTOR_BIN), *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def terminate(process: ConnectorProcess, timeout: float) -> tuple[int, float]:

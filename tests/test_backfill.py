@@ -154,10 +154,10 @@ def test_killed_backfill_rerun_equals_an_uninterrupted_one(
         assert progress[-1]["windows_total"] == progress[-1]["windows_done"] == 13
 
     with Store(url) as store:
-        windows = BackfillWindows(store, key, SOURCE).windows()
-        assert [w.status for w in windows] == ["done"] * 13
-        taken_over = [w for w in windows if w.attempts == 2]
-        assert len(taken_over) == 1, [(w.date_from, w.attempts) for w in windows]
+        stored_windows = BackfillWindows(store, key, SOURCE).windows()
+        assert [w.status for w in stored_windows] == ["done"] * 13
+        taken_over = [w for w in stored_windows if w.attempts == 2]
+        assert len(taken_over) == 1, [(w.date_from, w.attempts) for w in stored_windows]
         assert snapshot(store) == reference
         with store.engine.connect() as conn:
             statuses = conn.execute(select(sync_run.c.status)).scalars().all()

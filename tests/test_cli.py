@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from connector.cli.app import CSV_COLUMNS
+from connector.cli.export import CSV_COLUMNS
 from connector.config import build_config
 from connector.model import ImportRecord
 from connector.sandbox import SandboxOptions, SandboxServer

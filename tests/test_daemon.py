@@ -18,14 +18,14 @@ from connector.cli.demo import sandbox_config
 from connector.pipeline.engine import Engine
 from connector.pipeline.wiring import build_engine
 from connector.sandbox import SandboxOptions, SandboxServer
-from connector.store import Store, coordination
+from connector.store import Store, leases
 from connector.store.coordination import source_lock
 from connector.store.store import sqlite_url_for, utcnow
+from tests.conftest import run_connector
 from tests.daemon_helpers import (
     FAST_HTTP,
     assert_store_consistent,
     connector_processes,
-    run_connector,
     seed_registry,
     terminate,
     wait_for,
@@ -268,7 +268,7 @@ def test_source_lock_rows_exclude_a_second_holder_until_released_or_expired(
     # SQLite leases read this process's clock: a stopped one, moved on by the test, so that a
     # stall of a loaded machine between two steps cannot expire a lease the test relies on.
     now = [utcnow()]
-    monkeypatch.setattr(coordination, "utcnow", lambda: now[0])
+    monkeypatch.setattr(leases, "utcnow", lambda: now[0])
     with Store(sqlite_url_for(tmp_path / "s.db")) as store:
         first = source_lock(store, "meditrak", timedelta(seconds=0.3))
         second = source_lock(store, "meditrak", timedelta(seconds=0.3))

@@ -1,6 +1,6 @@
 """Lease times come from the database's clock on PostgreSQL: a worker whose own clock is an hour
 off can neither take over a live backfill-window lease (or source lock) nor hold a lease past
-its end. The skew is made by patching the function the coordination store reads "now" from.
+its end. The skew is made by patching the function the lease clock reads "now" from.
 
 On SQLite (one host) the local clock decides; the same lease statements are checked there for
 their plain behaviour: renew only while live, take over only once expired."""
@@ -14,8 +14,9 @@ from datetime import date, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from connector.store import Store, coordination
+from connector.store import Store, leases
 from connector.store.coordination import BackfillWindows, LeaseSourceLock, Window, backfill_key
+from connector.store.schema import source_lock as source_lock_rows
 from connector.store.store import utcnow
 
 SOURCE = "meditrak"
@@ -36,11 +37,11 @@ def pg_store(pg_url: str) -> Iterator[Store]:
 
 
 class SkewedClock:
-    """This process's clock as coordination sees it, shifted by `offset` on demand."""
+    """This process's clock as the lease clock sees it, shifted by `offset` on demand."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.offset = timedelta(0)
-        monkeypatch.setattr(coordination, "utcnow", lambda: utcnow() + self.offset)
+        monkeypatch.setattr(leases, "utcnow", lambda: utcnow() + self.offset)
 
 
 @pytest.fixture
@@ -159,7 +160,7 @@ def test_a_skewed_clock_cannot_take_a_live_lease_lock(pg_store: Store, clock: Sk
     fast.lease = SHORT
     assert fast.renew()
     with pg_store.engine.connect() as conn:
-        ends = conn.execute(select(coordination._LOCK_ROWS.c.expires_at)).scalar_one()
+        ends = conn.execute(select(source_lock_rows.c.expires_at)).scalar_one()
     wait_past(pg_store, ends)
     assert slow.acquire()
 

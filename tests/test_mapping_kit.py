@@ -29,6 +29,7 @@ from connector.mapping.kit import (
     id_field,
     issues_from_validation_error,
     parse_payload,
+    record_path,
     to_utc,
 )
 from connector.model import Category, InvoiceStatus
@@ -351,3 +352,24 @@ def test_id_field_reads_the_first_usable_field() -> None:
     assert record_id({"invoice_id": "", "id": 7}) == "7"
     assert record_id({"invoice_id": True}) is None
     assert record_id(["INV-1"]) is None
+
+
+def test_record_path_finds_a_declared_source_in_the_raw_record() -> None:
+    assert record_path("line_items[].amount") == "line_items[].amount"
+    assert record_path("patient_lookup:first_name") == "_patient.first_name"
+    assert record_path("policy_link") is None
+    assert record_path("setting:facility") is None
+
+
+# -- the context's clock-free time helpers --------------------------------------------------
+
+
+def test_context_reads_naive_vendor_times_in_the_source_zone() -> None:
+    context = MappingContext(
+        source="s", currency="CRC", status_map={}, timezone=ZoneInfo("America/Costa_Rica")
+    )
+    evening = datetime(2025, 2, 28, 21, 30)  # naive: San José time, 03:30 UTC the next day
+    assert context.utc(evening) == datetime(2025, 3, 1, 3, 30, tzinfo=UTC)
+    assert context.local_date(evening) == date(2025, 2, 28)
+    assert context.local_date(datetime(2025, 3, 1, 3, 30, tzinfo=UTC)) == date(2025, 2, 28)
+    assert context.utc(None) is None

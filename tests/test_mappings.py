@@ -7,6 +7,7 @@ the way the HTTP client parses bodies (JSON numbers as floats) and also with exa
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 from decimal import Decimal
@@ -152,3 +153,54 @@ def test_meditrak_record_id_is_read_from_invoice_id() -> None:
     body = fixture("meditrak_invoice_detail.json")
     assert meditrak.MAPPING.record_id(body["invoice"]) == "INV-2025-001"
     assert meditrak.MAPPING.record_id({"id": "x"}) is None
+
+
+# Mappings are pure (house style): what they may import, and calls that would reach outside.
+_PURE_IMPORTS = (
+    "__future__",
+    "collections.abc",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "math",
+    "re",
+    "typing",
+    "zoneinfo",
+    "pydantic",
+    "pydantic_core",
+    "connector.mapping",
+    "connector.model",
+    "connector.errors",
+    "connector.issues",
+    "mappings",
+)
+_IMPURE_CALLS = frozenset({"now", "today", "utcnow", "open", "print", "sleep", "getenv"})
+
+
+def _pure_module_files() -> list[Path]:
+    root = Path(__file__).resolve().parent.parent
+    return sorted([*root.glob("mappings/*.py"), *root.glob("connector/mapping/*.py")])
+
+
+@pytest.mark.parametrize("path", _pure_module_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_mappings_and_their_kit_do_no_io_read_no_clock_and_do_not_log(path: Path) -> None:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    imported: list[str] = []
+    calls: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.append(node.module)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in _IMPURE_CALLS:
+                calls.append(name)
+    outside = [m for m in imported if not any(_is_within(m, pure) for pure in _PURE_IMPORTS)]
+    assert outside == [], f"{path.name} imports {outside}"
+    assert calls == [], f"{path.name} calls {calls}"
+
+
+def _is_within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")

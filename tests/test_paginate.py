@@ -5,6 +5,7 @@ make a naive loop spin forever."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from connector.errors import ContractError
 from connector.sources.http import SourceClient
 from connector.sources.paginate import (
     IndexedPaginator,
+    JsonArraySplitter,
     ListPage,
     NextLinkPaginator,
     Paginator,
@@ -279,3 +281,107 @@ def test_single_array_is_handed_on_in_slices_and_resumes() -> None:
     assert [p.records for p in resumed] == [[6]]
     assert walk(SingleArrayPaginator(page_size=3), resume={"skip": 9})[0].records == []
     assert route.call_count == 3
+
+
+@respx.mock
+def test_single_array_filters_on_the_way_and_counts_filtered_elements_in_positions() -> None:
+    respx.get(BASE + "invoices").respond(json=list(range(10)))
+    pages = walk(SingleArrayPaginator(page_size=2, keep=lambda n: n >= 5))
+    assert [(p.records, p.position) for p in pages] == [
+        ([5, 6], {"skip": 7}),
+        ([7, 8], {"skip": 9}),
+        ([9], None),
+    ]
+    assert [(p.records, p.position) for p in walk(SingleArrayPaginator(keep=bool))] == [
+        (list(range(1, 10)), None)
+    ]
+
+
+@pytest.mark.parametrize("position", [{"skip": "ten"}, {"skip": -1}, {"skip": True}])
+def test_single_array_refuses_a_broken_resume_position(position: Position) -> None:
+    with pytest.raises(ContractError, match="unusable resume position"):
+        walk(SingleArrayPaginator(), resume=position)
+
+
+@respx.mock
+def test_single_array_stopped_early_gives_its_connection_back() -> None:
+    respx.get(BASE + "invoices").respond(json=list(range(10)))
+
+    async def go() -> tuple[list[Any], int]:
+        async with SourceClient(BASE, SETTINGS) as client:
+            pages = SingleArrayPaginator(page_size=3).pages(client, "invoices", {})
+            first = await anext(pages)
+            await pages.aclose()
+            return first.records, client.stats.in_flight
+
+    assert asyncio.run(go()) == ([0, 1, 2], 0)
+
+
+# -- the streamed single array: its splitter ------------------------------------------------
+
+TRICKY = [
+    {"id": "1", "text": "brackets ] [ } { and , commas", "n": 12345},
+    {"id": "2", "text": 'escaped \\" quote and \\\\ backslash', "nested": {"a": [1, {"b": None}]}},
+    {"id": "3", "text": "colón ₡ 15.000,00 — ñandú 🦜"},
+    12345678901234567890,
+    -0.5,
+    "a string element",
+    [],
+    {},
+    None,
+    True,
+]
+
+
+def split(data: bytes, chunk: int) -> list[Any]:
+    splitter = JsonArraySplitter(max_element_chars=10_000, where="test")
+    out: list[Any] = []
+    for start in range(0, len(data), chunk):
+        out.extend(splitter.feed(data[start : start + chunk]))
+    out.extend(splitter.close())
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, 100_000])
+def test_splitter_matches_a_whole_parse_at_any_chunking(chunk: int) -> None:
+    for text in (json.dumps(TRICKY), json.dumps(TRICKY, indent=3), " [ ] ", "[]"):
+        data = text.encode()
+        assert split(data, chunk) == json.loads(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b'{"data": []}', "expected a JSON array"),
+        (b"[1, 2", "ended early"),
+        (b"[1 2]", "between elements"),
+        (b"[1,]", "invalid JSON"),
+        (b"[1] [2]", "data after the array"),
+        (b"", "ended early"),
+        (b"[\xff]", "not UTF-8"),
+    ],
+)
+def test_splitter_rejects_what_is_not_one_array(data: bytes, message: str) -> None:
+    with pytest.raises(ContractError, match=message):
+        split(data, 1)
+
+
+def test_splitter_refuses_an_oversized_element() -> None:
+    splitter = JsonArraySplitter(max_element_chars=100, where="GET billing/invoices")
+    with pytest.raises(ContractError, match="still not valid JSON after 100 characters"):
+        splitter.feed(b'[{"notes": "' + b"x" * 500)
+
+
+def test_splitter_reports_an_invalid_element_mid_stream_within_the_bound() -> None:
+    splitter = JsonArraySplitter(max_element_chars=100, where="GET billing/invoices")
+    assert splitter.feed(b'[{"id": 1}, {"id": oops}') == [{"id": 1}]
+    with pytest.raises(ContractError, match="Expecting value"):
+        splitter.feed(b", " + b'{"id": 2}, ' * 20)
+
+
+def test_splitter_holds_only_the_element_in_progress() -> None:
+    splitter = JsonArraySplitter(max_element_chars=10_000, where="test")
+    elements = splitter.feed(b'[{"id": 1}, {"id": 2}, {"id"')
+    assert elements == [{"id": 1}, {"id": 2}]
+    assert splitter._buffer == '{"id"'
+    assert splitter.feed(b": 3}]") + splitter.close() == [{"id": 3}]

@@ -17,7 +17,12 @@ import pytest
 from connector.pipeline.engine import EXIT_AFTER_BATCHES_ENV
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.store import Store
-from connector.store.coordination import BackfillWindows, backfill_key, source_lock
+from connector.store.coordination import (
+    AdvisorySourceLock,
+    BackfillWindows,
+    backfill_key,
+    source_lock,
+)
 from tests.daemon_helpers import (
     assert_store_consistent,
     connector_processes,
@@ -223,7 +228,9 @@ def test_advisory_source_locks_are_exclusive_and_die_with_their_session(
         first.release()
         assert second.acquire()
         # A replica that dies loses its session, and the lock with it: no lease to wait out.
+        assert isinstance(second, AdvisorySourceLock)
         held = second._conn  # the replica "dies": its session ends
+        assert held is not None
         held.invalidate()
         assert first.acquire()
         first.release()

@@ -13,9 +13,10 @@ import yaml
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from connector.config import AppConfig, build_config, load_config
-from connector.daemon.scheduler import apply_schedules, job_id, parse_schedule
+from connector.daemon.scheduler import apply_schedules, job_id
 from connector.daemon.service import Daemon
 from connector.errors import ConfigError
+from connector.schedule import parse_schedule
 from connector.store import Store
 
 

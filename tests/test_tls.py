@@ -159,7 +159,7 @@ def run_validate(config: AppConfig) -> dict[str, Any]:
 
 def step(report: dict[str, Any], name: str) -> dict[str, str]:
     (found,) = [s for s in report["connection"]["steps"] if s["name"] == name]
-    return found
+    return dict(found)
 
 
 # ----------------------------------------------------------------------------- sync
@@ -366,7 +366,16 @@ def test_the_ca_bundle_adds_to_the_default_store(pki: Pki) -> None:
     extended = verified_tls_context(str(pki.ca_file)).get_ca_certs()
     assert len(default) > 50  # the public roots
     assert len(extended) == len(default) + 1
-    subjects = [dict(part[0] for part in cert["subject"]) for cert in extended]
+    subjects = []
+    for cert in extended:
+        subject = cert["subject"]
+        assert isinstance(subject, tuple)
+        names: dict[str, str] = {}
+        for part in subject:
+            for pair in part:
+                assert not isinstance(pair, str)
+                names[pair[0]] = pair[1]
+        subjects.append(names)
     assert {"commonName": "Clinic Vendor Test CA"} in subjects
     for context in (verified_tls_context(), verified_tls_context(str(pki.ca_file))):
         assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname

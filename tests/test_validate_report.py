@@ -78,7 +78,8 @@ def truth_defects(server: SandboxServer, name: str) -> dict[str, str]:
 
 
 def step(report: dict[str, Any], name: str) -> dict[str, str]:
-    (found,) = [s for s in report["connection"]["steps"] if s["name"] == name]
+    steps: list[dict[str, str]] = report["connection"]["steps"]
+    (found,) = [s for s in steps if s["name"] == name]
     return found
 
 

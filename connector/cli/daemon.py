@@ -1,7 +1,5 @@
 """`connector run` (the scheduled daemon), `connector backfill` (resumable history loads) and
 `connector backfill-status` (where each stored backfill stands).
-
-Registers itself on the main `app` when `connector.cli.app.get_app()` imports it.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from connector.cli.app import app, err, load, open_store, out, state
+from connector.cli.common import err, load, open_store, out, state
 from connector.daemon.backfill import Backfill, LogProgress, ProgressReporter, default_progress
 from connector.daemon.backfill import parse_window as parse_window_days
 from connector.daemon.service import Daemon, wired_engine_factory
@@ -24,11 +22,13 @@ from connector.logging import mask_patient_data, scrub_text
 from connector.schedule import parse_duration
 from connector.store.coordination import BackfillStatus, backfill_statuses
 
+commands = typer.Typer()
+
 # Conventional exit status of a command stopped by Ctrl-C.
 EXIT_INTERRUPTED = 130
 
 
-@app.command()
+@commands.command()
 def run() -> None:
     """Run as a daemon: sync every enabled source on its schedule until SIGTERM/SIGINT.
 
@@ -50,7 +50,7 @@ def _date(value: str, option: str) -> date:
         raise typer.Exit(2) from None
 
 
-@app.command()
+@commands.command()
 def backfill(
     source: Annotated[str, typer.Option("--source", "-s", help="The source to backfill.")],
     since: Annotated[str, typer.Option("--since", help="First invoice date (YYYY-MM-DD).")],
@@ -266,7 +266,7 @@ def _status_tables(statuses: list[BackfillStatus]) -> list[Table]:
     return [table for table in (overview, leases, failures) if table.row_count]
 
 
-@app.command("backfill-status")
+@commands.command("backfill-status")
 def backfill_status(
     source: Annotated[
         str | None, typer.Option("--source", "-s", help="Only this source's backfills.")

@@ -1,8 +1,7 @@
 """`connector validate` (is a source ready for MediTrak?) and `connector report` (sync history).
 
-Registered on `connector.cli.app.app` when imported (see `COMMAND_MODULES`). `validate` exits 0
-when the source is compliant, 1 when it is not and 2 when it could not be read, so that a
-vendor can run it in its own CI.
+`validate` exits 0 when the source is compliant, 1 when it is not and 2 when it could not be
+read, so that a vendor can run it in its own CI.
 """
 
 from __future__ import annotations
@@ -14,12 +13,14 @@ from typing import Annotated
 
 import typer
 
-from connector.cli.app import app, err, load, open_store, private_output
+from connector.cli.common import err, load, open_store, private_output
 from connector.errors import ConfigError, ConnectorError
 from connector.reports import FORMATS, history_report, render
 from connector.settings import AppConfig
 from connector.store import Store
 from connector.validate import DEFAULT_SAMPLE, ValidateOptions, validate_source
+
+commands = typer.Typer()
 
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="text, json, md or html.")]
 OutputOpt = Annotated[
@@ -65,7 +66,7 @@ def read_only_store(config: AppConfig) -> Store | None:
         return None
 
 
-@app.command()
+@commands.command()
 def validate(
     source: Annotated[str, typer.Option("--source", "-s", help="The configured source to check.")],
     sample: Annotated[
@@ -110,7 +111,7 @@ def validate(
     raise typer.Exit(int(report["exit_code"]))
 
 
-@app.command()
+@commands.command()
 def report(
     since: SinceOpt = None,
     fmt: FormatOpt = "text",

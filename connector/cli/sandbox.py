@@ -16,7 +16,7 @@ import yaml
 from pydantic import SecretStr
 from rich.table import Table
 
-from connector.cli.app import app, err, out, results_table, state
+from connector.cli.common import err, out, results_table, state
 from connector.cli.demo import sandbox_config, sandbox_sources
 from connector.logging import configure_logging, register_secrets
 from connector.pipeline.wiring import build_engine
@@ -34,6 +34,8 @@ from connector.sandbox import (
 from connector.sources.discovery import source_type
 from connector.store import Store
 from connector.store.policies import import_links, import_policies
+
+commands = typer.Typer()
 
 InvoicesOpt = Annotated[int, typer.Option("--invoices", "-n", help="Invoices per vendor.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the generated data.")]
@@ -55,7 +57,7 @@ def reasons_table(reasons: dict[str, dict[str, int]]) -> Table:
     return table
 
 
-@app.command()
+@commands.command()
 def sandbox(
     invoices: InvoicesOpt = 200,
     seed: SeedOpt = 42,
@@ -110,7 +112,7 @@ def sandbox(
     serve_forever(options, on_ready=ready)
 
 
-@app.command()
+@commands.command()
 def demo(
     invoices: InvoicesOpt = 200,
     seed: SeedOpt = 42,

@@ -3,7 +3,17 @@
 A mapping is a pydantic model of the vendor payload plus one `to_canonical()`. The annotated
 types below turn the many ways vendors write money and dates into `Decimal` and aware UTC
 `datetime`, and fail with error types that `issues_from_validation_error` turns into stable
-reason codes, so one record reports all of its problems at once.
+reason codes, so one record reports all of its problems at once. Vendor lines become canonical
+items (folded when a discount or tax changes their amount) in `connector.mapping.lines`.
+
+Each mapping also declares which vendor field feeds which canonical field
+(`SourceMapping.field_sources`, read by `connector validate`): for every name of
+`CANONICAL_FIELDS`, the vendor's dotted paths in the raw record, the usual one first, "[]" for a
+list (`line_items[].amount`), then fallbacks and the other inputs of a computed value. An empty
+tuple: the vendor has no such field. What is not among the record's own fields is a pseudo-path:
+`patient_lookup:<path>` (the patient resource the adapter looked up and attached under
+`_patient`), `policy_link` (the policy registry's patient link), `setting:<name>` (a source
+setting); `record_path` says where a declared source sits in the raw record.
 """
 
 from __future__ import annotations
@@ -312,6 +322,15 @@ class MappingContext:
             return None
         return self.status_map.get(word) or self.status_map.get(word.strip().lower())
 
+    def utc(self, moment: datetime | None) -> datetime | None:
+        """A vendor timestamp as aware UTC (naive means the source's zone); None stays None."""
+        return None if moment is None else to_utc(moment, self.timezone)
+
+    def local_date(self, moment: datetime) -> date:
+        """The calendar date of a vendor timestamp in the source's zone (naive means that
+        zone): an invoice made at 21:00 in San José is dated that day, not the next UTC day."""
+        return to_utc(moment, self.timezone).astimezone(self.timezone).date()
+
     @staticmethod
     def zone(name: str) -> tzinfo:
         return UTC if name.upper() == "UTC" else ZoneInfo(name)
@@ -330,6 +349,44 @@ def build_status_map(
     return table
 
 
+# The canonical fields a mapping declares the sources of (`SourceMapping.field_sources`), in
+# the contract's order and spelled as `connector validate` reports them.
+CANONICAL_FIELDS: tuple[str, ...] = (
+    "id",
+    "invoice_number",
+    "invoice_date",
+    "total_amount",
+    "status",
+    "facility",
+    "patient.name",
+    "patient.policy_number",
+    "items",
+    "items[].category",
+    "items[].description",
+    "items[].quantity",
+    "items[].unit_price",
+    "items[].total",
+)
+# Where an adapter attaches a resource it looked up for the record (Splose's and Invoice API's
+# patient), beside the vendor's own fields: the leading underscore keeps it apart from them.
+PATIENT_LOOKUP_KEY = "_patient"
+# Pseudo-paths of `field_sources`, for what does not come from the record's own fields.
+PATIENT_LOOKUP = "patient_lookup:"  # + a path in the patient resource, e.g. "patient_lookup:name"
+POLICY_LINK = "policy_link"  # the policy registry's link of the patient (`policies link`)
+SETTING = "setting:"  # + a source setting, e.g. "setting:facility"
+
+
+def record_path(source: str) -> str | None:
+    """Where a declared field source sits in the raw record the mapping receives: the path
+    itself, the attached lookup's (`patient_lookup:first_name` → `_patient.first_name`), or
+    None for what is not in the record (a policy link, a setting)."""
+    if source.startswith(PATIENT_LOOKUP):
+        return f"{PATIENT_LOOKUP_KEY}.{source.removeprefix(PATIENT_LOOKUP)}"
+    if source == POLICY_LINK or source.startswith(SETTING):
+        return None
+    return source
+
+
 @dataclass(frozen=True)
 class SourceMapping:
     """What a mappings/<vendor>.py module offers the engine."""
@@ -340,10 +397,9 @@ class SourceMapping:
     to_canonical: Callable[[Any, MappingContext], Any]
     # The vendor's invoice id in a raw record, or None when the record has none.
     record_id: Callable[[Any], str | None]
-    # Which vendor field feeds each canonical field: canonical path (as `connector validate`
-    # names them: "invoice_date", "patient.policy_number", "items[].total") → the vendor's
-    # dotted paths in the raw record ("date", "patient.referenceNumbers", "lines[].amount"),
-    # first the one normally used. Declared, so that reports never guess from key names.
+    # Which vendor fields feed each canonical field (the convention is in the module's
+    # docstring), declared so that reports never guess from key names. A folded description's
+    # arithmetic is not listed: it restates the sources of the unit price.
     field_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def context(

@@ -23,6 +23,7 @@ import structlog
 
 from connector.errors import ConnectorError, RecordError
 from connector.issues import Issue, Reason, errors_only
+from connector.logging import RunBinding, bound_run
 from connector.mapping.kit import CategoryRules, MappingContext, SourceMapping
 from connector.model import Invoice
 from connector.pipeline.validation import PolicyCheck, normalized, validate_invoice
@@ -103,6 +104,29 @@ class RecordProcessor:
         # Runs before validation: fills in the policy number of sources that carry none.
         self.resolve_policy = resolve_policy
 
+    @classmethod
+    def for_source(
+        cls,
+        source: SourceConfig,
+        *,
+        categorize: CategoryRules | None = None,
+        policy_check: PolicyCheck | None = None,
+        resolve_policy: Callable[[Invoice], Invoice] | None = None,
+    ) -> RecordProcessor:
+        """The processor of one configured source: its type's mapping with the source's
+        currency, status overrides, time zone and mapping options. Sync, reprocess and
+        `connector validate` all build it here, so a dry run judges records as a sync does."""
+        mapping = source_type(source.type).mapping()
+        context = mapping.context(
+            source.name,
+            currency=source.currency,
+            status_overrides=source.status_map,
+            timezone=source.timezone,
+            categorize=categorize,
+            options=mapping_options(source),
+        )
+        return cls(mapping, context, policy_check, resolve_policy)
+
     def process(self, raw: Any) -> tuple[Accepted | None, Rejected | None, datetime | None]:
         try:
             invoice = self.mapping.to_canonical(raw, self.context)
@@ -121,6 +145,11 @@ class RecordProcessor:
             return None, Rejected(key, raw, invoice, issues), invoice.source_updated_at
         final = normalized(invoice)
         return Accepted(final, final.content_hash()), None, invoice.source_updated_at
+
+    def warnings(self, invoice: Invoice) -> list[Issue]:
+        """The warnings validation gives an accepted invoice: a sync keeps only the verdict,
+        `connector validate` reports them too."""
+        return [i for i in validate_invoice(invoice, self.policy_check) if i.severity != "error"]
 
 
 class Engine:
@@ -166,16 +195,12 @@ class Engine:
         return source_type(source.type).adapter_class().create(source, transport=transport)
 
     def processor(self, source: SourceConfig) -> RecordProcessor:
-        mapping = source_type(source.type).mapping()
-        context = mapping.context(
-            source.name,
-            currency=source.currency,
-            status_overrides=source.status_map,
-            timezone=source.timezone,
+        return RecordProcessor.for_source(
+            source,
             categorize=self._categorize(source) if self._categorize else None,
-            options=mapping_options(source),
+            policy_check=self._policy_check,
+            resolve_policy=self._resolve_policy,
         )
-        return RecordProcessor(mapping, context, self._policy_check, self._resolve_policy)
 
     async def sync_source(
         self,
@@ -185,6 +210,23 @@ class Engine:
         kind: str = "sync",
         date_from: date | None = None,
         date_to: date | None = None,
+    ) -> RunResult:
+        # Every log line of the run, the libraries' (httpx, alembic) included, carries the
+        # source, the kind and, once the run is recorded, its id.
+        with bound_run(source.name, kind=kind) as run_fields:
+            return await self._sync_source(
+                source, run_fields, full=full, kind=kind, date_from=date_from, date_to=date_to
+            )
+
+    async def _sync_source(
+        self,
+        source: SourceConfig,
+        run_fields: RunBinding,
+        *,
+        full: bool,
+        kind: str,
+        date_from: date | None,
+        date_to: date | None,
     ) -> RunResult:
         started = time.monotonic()
         name = source.name
@@ -217,6 +259,7 @@ class Engine:
             )
             run_id = await asyncio.to_thread(self.store.start_run, name, kind, state.cursor)
             result.run_id = run_id
+            run_fields.bind(run_id=run_id)
             bound = bound.bind(run_id=run_id)
         except ConnectorError as exc:
             result.error = str(exc)

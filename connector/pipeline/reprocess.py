@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from connector.errors import ConfigError, ConnectorError
 from connector.issues import Reason
+from connector.logging import RunBinding, bound_run
 from connector.pipeline.engine import Engine, RecordProcessor
 from connector.settings import SourceConfig
 from connector.store import Accepted, QuarantineEntry, Rejected, Store
@@ -70,7 +71,8 @@ def reprocess(
             result.error = "another process is syncing this source right now; try again later"
             continue
         try:
-            _reprocess_source(engine, source, entries, lock.renew, result)
+            with bound_run(name, kind=REPROCESS_KIND) as run_fields:
+                _reprocess_source(engine, source, entries, lock.renew, result, run_fields)
         finally:
             lock.release()
     return results
@@ -82,6 +84,7 @@ def _reprocess_source(
     entries: Sequence[QuarantineEntry],
     keep_lock: Callable[[], bool],
     result: ReprocessResult,
+    run_fields: RunBinding,
 ) -> None:
     store, name = engine.store, source.name
     processor = engine.processor(source)
@@ -91,6 +94,7 @@ def _reprocess_source(
         result.error = str(exc)
         return
     result.run_id = run_id
+    run_fields.bind(run_id=run_id)
     try:
         for start in range(0, len(entries), _BATCH):
             if not keep_lock():

@@ -1,16 +1,17 @@
-"""The base class every fake vendor API ("dialect") derives from, and the name → class registry.
+"""The base class every fake vendor API ("dialect") derives from, and where dialects are found.
 
 A dialect only knows how to route, authenticate and render its vendor's contract over a shared
 `Dataset`; stats, latency, fault injection and the admin routes are the server's business.
+Dialects are not listed here: each vendor's manifest names its own (`sandbox_dialect`, see
+`connector.sources.discovery`), with the port offset it takes on a fixed base port.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -18,29 +19,9 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
+from connector.sources.discovery import SourceType, source_types
+
 from ._dataset import CANONICAL_STATUSES, Dataset, SandboxInvoice
-
-# Name → "module:Class" (imported on first use) or the class itself. The order matters: with a
-# fixed base port, dialect i listens on base_port + i.
-DIALECTS: dict[str, str | type[Dialect]] = {
-    "meditrak": "connector.sandbox.meditrak:MediTrakDialect",
-    "meditrak_import": "connector.sandbox.meditrak_import:MediTrakImportDialect",
-    "splose": "connector.sandbox.splose:SploseDialect",
-    "bio_ecko": "connector.sandbox.bio_ecko:BioEckoDialect",
-    "citabox": "connector.sandbox.citabox:CitaBoxDialect",
-    "invoice_api": "connector.sandbox.invoice_api:InvoiceApiDialect",
-}
-
-
-def available_dialects() -> tuple[str, ...]:
-    """Registered dialects whose module is installed, in registry order."""
-    found = []
-    for name, entry in DIALECTS.items():
-        module = entry.partition(":")[0] if isinstance(entry, str) else None
-        if module is None or importlib.util.find_spec(module) is not None:
-            found.append(name)
-    return tuple(found)
-
 
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # A "+hh:mm" offset arrives as " hh:mm" when a client forgets to percent-encode the plus sign.
@@ -48,20 +29,48 @@ _UNENCODED_OFFSET_RE = re.compile(r"(T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}:?
 _VIEW_CACHE_SIZE = 32
 
 
+def _with_dialect() -> dict[str, SourceType]:
+    return {
+        name: kind
+        for name, kind in source_types().items()
+        if kind.manifest.sandbox_dialect is not None
+    }
+
+
+def available_dialects() -> tuple[str, ...]:
+    """Every vendor with a sandbox dialect: those with a port offset first, in offset order
+    (their order with a fixed base port), then the others by name."""
+
+    def port_order(kind: SourceType) -> tuple[bool, int, str]:
+        offset = kind.manifest.sandbox_port_offset
+        return (offset is None, offset or 0, kind.name)
+
+    return tuple(kind.name for kind in sorted(_with_dialect().values(), key=port_order))
+
+
+def port_offset(name: str) -> int | None:
+    """Where the dialect listens relative to a fixed base port (None: on a free port)."""
+    return _dialect_type(name).manifest.sandbox_port_offset
+
+
 def load_dialect(name: str) -> type[Dialect]:
-    """The dialect class registered under `name`, importing its module on first use."""
+    """The dialect class of the vendor `name`, importing its module on first use."""
+    kind = _dialect_type(name)
+    cls = kind.sandbox_dialect_class()
+    where = f"{kind.manifest.sandbox_dialect} ({kind.origin})"
+    if not (isinstance(cls, type) and issubclass(cls, Dialect)):
+        raise TypeError(f"{where} is not a Dialect subclass")
+    if getattr(cls, "name", None) != name:
+        raise TypeError(f"{where} is named {getattr(cls, 'name', None)!r}, not {name!r}")
+    return cls
+
+
+def _dialect_type(name: str) -> SourceType:
+    known = _with_dialect()
     try:
-        entry = DIALECTS[name]
+        return known[name]
     except KeyError:
-        raise KeyError(f"unknown sandbox dialect {name!r}; known: {sorted(DIALECTS)}") from None
-    if isinstance(entry, str):
-        module_name, _, class_name = entry.partition(":")
-        cls = getattr(importlib.import_module(module_name), class_name)
-        if not (isinstance(cls, type) and issubclass(cls, Dialect)):
-            raise TypeError(f"{entry} is not a Dialect subclass")
-        DIALECTS[name] = cls
-        return cls
-    return entry
+        raise KeyError(f"unknown sandbox dialect {name!r}; known: {sorted(known)}") from None
 
 
 def money(value: Decimal) -> orjson.Fragment:
@@ -124,6 +133,20 @@ def parse_int(text: str | None, default: int) -> int | None:
     return int(text)
 
 
+@dataclass(frozen=True)
+class ListShape:
+    """Where a dialect's list answers keep their records, total and next link: what the
+    server's pagination anomalies (`._anomaly`) need to disturb that list."""
+
+    route: str  # the list route as the dialect registers it, e.g. "/api/v1/invoices/"
+    records: str  # dotted path of the record array in the answer
+    id_key: str  # the vendor id's key in one record
+    total: str | None = None
+    next_link: str | None = None
+    # "page" (1-based `page`), "offset" or "link" (keyset pages joined by next links).
+    style: str = "page"
+
+
 class Dialect(ABC):
     """One fake vendor API: its routes, auth and rendering over a `Dataset`.
 
@@ -140,6 +163,8 @@ class Dialect(ABC):
     generated_statuses: ClassVar[tuple[str, ...]] = CANONICAL_STATUSES
     currency: ClassVar[str] = "USD"
     id_prefix: ClassVar[str] = "INV-"
+    # The list endpoint pagination anomalies can disturb; None: the dialect has none.
+    list_shape: ClassVar[ListShape | None] = None
 
     def __init__(self, dataset: Dataset, token: str) -> None:
         self.dataset = dataset

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 import random
 import signal
 import ssl
@@ -24,11 +23,11 @@ from dataclasses import dataclass, field
 from types import FrameType, TracebackType
 from typing import Any
 
-import orjson
 from aiohttp import web
 
+from ._anomaly import ListAnomaly
 from ._dataset import EXPECTED_REASON, Dataset, generate_dataset
-from ._dialect import DIALECTS, Dialect, available_dialects, iso_z, json_response, load_dialect
+from ._dialect import Dialect, available_dialects, iso_z, json_response, load_dialect, port_offset
 
 _ADMIN_PREFIX = "/_sandbox/"
 _WINDOW_S = 60.0
@@ -43,43 +42,6 @@ _SHUTDOWN_TIMEOUT_S = 2.0
 FAULT_KINDS: tuple[str, ...] = ("429", "500", "502", "503", "timeout", "drop")
 # What `fault_rate` injects unless `fault_kinds` says otherwise (the sandbox's first behaviour).
 DEFAULT_FAULT_KINDS: tuple[str, ...] = ("429", "503")
-# Pagination anomalies of the list endpoints (see `_ListAnomaly`).
-ANOMALIES: tuple[str, ...] = (
-    "duplicate",
-    "insert",
-    "delete",
-    "total_drift",
-    "total_flapping",
-    "empty_page",
-    "next_loop",
-)
-
-
-@dataclass(frozen=True)
-class ListShape:
-    """Where a dialect's list endpoint keeps its records, total and next link."""
-
-    route: str
-    records: str
-    id_key: str
-    total: str | None = None
-    next_link: str | None = None
-    # "page" (1-based `page`), "offset" or "link" (keyset pages joined by next links).
-    style: str = "page"
-
-
-LIST_SHAPES: dict[str, ListShape] = {
-    "meditrak": ListShape("/api/v1/invoices/", "invoices", "invoice_id", "pagination.total_count"),
-    "meditrak_import": ListShape("/api/invoices", "data", "id", "total"),
-    "invoice_api": ListShape("/api/v1/invoice/", "data", "id", "total", style="offset"),
-    "splose": ListShape("/v1/invoices", "data", "id", next_link="links.nextPage", style="link"),
-}
-# Which anomalies each list style can show.
-_STYLE_ANOMALIES: dict[str, frozenset[str]] = {
-    "page": frozenset(ANOMALIES) - {"next_loop"},
-    "offset": frozenset(ANOMALIES) - {"next_loop"},
-    "link": frozenset({"next_loop"}),
-}
 
 
 @dataclass(frozen=True)
@@ -105,7 +67,7 @@ class SandboxOptions:
     # fault holds its answer back.
     fault_kinds: tuple[str, ...] = DEFAULT_FAULT_KINDS
     stall_s: float = 5.0
-    # Dialect name → pagination anomaly (see ANOMALIES) armed from the start.
+    # Dialect name → pagination anomaly (see `ANOMALIES` in ._anomaly) armed from the start.
     anomalies: Mapping[str, str] = field(default_factory=dict)
     # The window of `max_requests_per_window` in the stats (60 s, like vendors' limits).
     stats_window_s: float = _WINDOW_S
@@ -237,7 +199,7 @@ class _Mounted:
     app: web.Application
     port: int = 0
     runner: web.AppRunner | None = None
-    anomaly: _ListAnomaly | None = None
+    anomaly: ListAnomaly | None = None
 
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -336,11 +298,12 @@ class SandboxServer:
                 dialect, DialectStats(options.stats_window_s), faults, web.Application()
             )
             if name in options.anomalies:
-                mounted.anomaly = _ListAnomaly.create(name, dialect, options.anomalies[name])
+                mounted.anomaly = ListAnomaly.create(dialect, options.anomalies[name])
             mounted.app.middlewares.append(_vendor_middleware(mounted))
             dialect.add_routes(mounted.app)
             _add_admin_routes(mounted)
             self._mounted[name] = mounted
+        self._ports = self._fixed_ports()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -401,10 +364,28 @@ class SandboxServer:
         self._thread.join()
         self._thread = self._loop = None
 
+    def _fixed_ports(self) -> dict[str, int]:
+        """Dialect → port on a fixed base port: base_port + the manifest's port offset (a
+        dialect without one gets a free port). Offsets are checked here, not at discovery:
+        two vendors claiming one offset break only a sandbox that runs both."""
+        if not self.options.base_port:
+            return {}
+        ports: dict[str, int] = {}
+        for name in self._mounted:
+            offset = port_offset(name)
+            if offset is None:
+                continue
+            taken = [
+                other for other, port in ports.items() if port == self.options.base_port + offset
+            ]
+            if taken:
+                raise ValueError(f"dialects {taken[0]!r} and {name!r} share port offset {offset}")
+            ports[name] = self.options.base_port + offset
+        return ports
+
     async def _bind(self) -> None:
-        order = list(DIALECTS)
         for name, mounted in self._mounted.items():
-            port = self.options.base_port + order.index(name) if self.options.base_port else 0
+            port = self._ports.get(name, 0)
             runner = web.AppRunner(
                 mounted.app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S
             )
@@ -493,9 +474,10 @@ class SandboxServer:
             _apply_faults(mounted.faults, fault_rate, latency_ms, fault_kinds, stall_s)
 
     def set_anomaly(self, name: str, mode: str | None) -> None:
-        """Arm a pagination anomaly (see ANOMALIES) on a dialect's list endpoint; None disarms."""
+        """Arm a pagination anomaly (`ANOMALIES` in ._anomaly) on a dialect's list endpoint;
+        None disarms."""
         mounted = self._get(name)
-        mounted.anomaly = None if mode is None else _ListAnomaly.create(name, mounted.dialect, mode)
+        mounted.anomaly = None if mode is None else ListAnomaly.create(mounted.dialect, mode)
 
     def anomaly_log(self, name: str) -> list[str]:
         """What the armed anomaly did so far (e.g. "deleted INV-000003"), for test messages."""
@@ -546,7 +528,7 @@ def _add_admin_routes(mounted: _Mounted) -> None:
     DELETE /_sandbox/invoices/{id}    stop serving an invoice
     POST /_sandbox/faults             {"fault_rate", "latency_ms", "fault_kinds", "stall_s"},
                                       each optional
-    POST /_sandbox/anomaly            {"mode": one of ANOMALIES or null}
+    POST /_sandbox/anomaly            {"mode": one of ANOMALIES (._anomaly) or null}
     GET  /_sandbox/registry.csv       the MediTrak policy registry
     """
     dialect, stats, faults = mounted.dialect, mounted.stats, mounted.faults
@@ -634,9 +616,7 @@ def _add_admin_routes(mounted: _Mounted) -> None:
             mode = body.get("mode") if isinstance(body, dict) else None
             if mode is not None and not isinstance(mode, str):
                 raise ValueError("mode must be a string or null")
-            mounted.anomaly = (
-                None if mode is None else _ListAnomaly.create(dialect.name, dialect, mode)
-            )
+            mounted.anomaly = None if mode is None else ListAnomaly.create(dialect, mode)
         except ValueError as exc:
             return json_response({"error": str(exc)}, status=400)
         return json_response({"mode": mode})
@@ -659,167 +639,6 @@ def _add_admin_routes(mounted: _Mounted) -> None:
     router.add_post("/_sandbox/faults", set_faults)
     router.add_post("/_sandbox/anomaly", set_anomaly)
     router.add_get("/_sandbox/registry.csv", registry_csv)
-
-
-# -- pagination anomalies -----------------------------------------------------------------
-
-
-class _ListAnomaly:
-    """One misbehaviour of a list endpoint, applied to its 200 answers as they go out.
-
-    duplicate       the second page starts with a copy of the first page's last record
-    insert          after the first page, a new invoice appears at the front of the list
-                    (every later record shifts one place back: one is served twice)
-    delete          after the first page, its first invoice is deleted (every later record
-                    shifts one place forward: one would be skipped)
-    total_drift     after the first page, the total says one more than there is, from then on
-    total_flapping  the total changes on every answer (no pass ever sees a stable total)
-    empty_page      the second page comes back empty once, total unchanged
-    next_loop       (next-link lists) every page after the first links back to the second page
-    """
-
-    def __init__(self, shape: ListShape, dialect: Dialect, mode: str) -> None:
-        self.shape = shape
-        self.dialect = dialect
-        self.mode = mode
-        self.answers = 0
-        self.fired = False
-        self.remembered: Any = None
-        self.log: list[str] = []
-        self._lock = threading.Lock()
-
-    @classmethod
-    def create(cls, name: str, dialect: Dialect, mode: str) -> _ListAnomaly:
-        shape = LIST_SHAPES.get(name)
-        if shape is None:
-            raise ValueError(f"dialect {name!r} has no list endpoint the sandbox can disturb")
-        if mode not in _STYLE_ANOMALIES[shape.style]:
-            allowed = ", ".join(sorted(_STYLE_ANOMALIES[shape.style]))
-            raise ValueError(f"anomaly {mode!r} does not apply to {name} (use: {allowed})")
-        return cls(shape, dialect, mode)
-
-    def _page_index(self, request: web.Request) -> int | None:
-        query = request.query
-        try:
-            if self.shape.style == "page":
-                return int(query.get("page", "1")) - 1
-            if self.shape.style == "offset":
-                limit = int(query.get("limit", "100"))
-                return int(query.get("offset", "0")) // max(1, limit)
-        except ValueError:
-            return None
-        return None
-
-    def apply(self, request: web.Request, response: web.Response) -> web.Response:
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else request.path
-        if request.method != "GET" or route != self.shape.route or response.status != 200:
-            return response
-        if not isinstance(response.body, bytes):
-            return response
-        # Floats kept as their exact text: re-rendering must not turn 1250.00 into 1250.0.
-        body = json.loads(response.body, parse_float=orjson.Fragment)
-        records = _dig(body, self.shape.records)
-        if not isinstance(records, list):
-            return response
-        with self._lock:
-            self.answers += 1
-            changed = self._change(request, body, records)
-        if not changed:
-            return response
-        return web.Response(
-            body=orjson.dumps(body),
-            status=response.status,
-            content_type="application/json",
-        )
-
-    def _change(self, request: web.Request, body: Any, records: list[Any]) -> bool:
-        mode, index = self.mode, self._page_index(request)
-        if mode == "next_loop":
-            link = _dig(body, self.shape.next_link or "")
-            if self.remembered is None:
-                self.remembered = link
-                return False
-            if link is None:
-                return False
-            _put(body, self.shape.next_link or "", self.remembered)
-            self.log.append(f"next link looped back to {self.remembered}")
-            return True
-        if mode == "total_flapping" and self.shape.total:
-            total = _dig(body, self.shape.total)
-            if isinstance(total, int):
-                _put(body, self.shape.total, total + self.answers % 3)
-                return True
-            return False
-        if mode == "total_drift" and self.shape.total and self.fired:
-            total = _dig(body, self.shape.total)
-            if isinstance(total, int):
-                _put(body, self.shape.total, total + 1)
-                return True
-            return False
-        if index == 0 and not self.fired:
-            if mode == "duplicate" and records:
-                self.remembered = records[-1]
-            elif mode == "insert":
-                self._insert_front()
-                self.fired = True
-            elif mode == "delete" and records:
-                self._delete(records[0])
-                self.fired = True
-            elif mode == "total_drift":
-                self.fired = True
-            return False
-        if index == 1 and not self.fired:
-            if mode == "duplicate" and self.remembered is not None:
-                records.insert(0, self.remembered)
-                self.log.append(f"duplicated {self.remembered.get(self.shape.id_key)}")
-                self.fired = True
-                return True
-            if mode == "empty_page":
-                records.clear()
-                self.log.append("served page 2 empty")
-                self.fired = True
-                return True
-        return False
-
-    def _insert_front(self) -> None:
-        dataset = self.dialect.dataset
-        invoice = dataset.add()
-        with dataset.lock:
-            dataset.invoices.remove(invoice)
-            invoice.invoice_date = dataset.invoices[0].invoice_date
-            dataset.invoices.insert(0, invoice)
-            dataset.version += 1
-        self.log.append(f"inserted {invoice.id} at the front")
-
-    def _delete(self, record: Any) -> None:
-        dataset = self.dialect.dataset
-        vendor_id = str(record.get(self.shape.id_key)) if isinstance(record, dict) else None
-        with dataset.lock:
-            truth = next(
-                (inv.id for inv in dataset.invoices if self.dialect.vendor_id(inv) == vendor_id),
-                None,
-            )
-        if truth is not None:
-            dataset.delete(truth)
-            self.log.append(f"deleted {truth}")
-
-
-def _dig(body: Any, path: str) -> Any:
-    node = body
-    for part in filter(None, path.split(".")):
-        if not isinstance(node, dict):
-            return None
-        node = node.get(part)
-    return node
-
-
-def _put(body: Any, path: str, value: Any) -> None:
-    *parents, last = path.split(".")
-    node = body
-    for part in parents:
-        node = node[part]
-    node[last] = value
 
 
 # -- CLI entry point ----------------------------------------------------------------------

@@ -39,7 +39,7 @@ from ._dataset import (
     SandboxInvoice,
     item_total,
 )
-from ._dialect import Dialect, json_response, money, parse_int
+from ._dialect import Dialect, ListShape, json_response, money, parse_int
 
 # The department / item-type word the vendor shows for each truth category. Several are not
 # MediTrak category names on purpose: those need the category rules to be mapped.
@@ -192,6 +192,9 @@ class InvoiceApiDialect(Dialect):
 
     name: ClassVar[str] = "invoice_api"
     api_root: ClassVar[str] = "/api/v1/"
+    list_shape: ClassVar[ListShape | None] = ListShape(
+        "/api/v1/invoice/", "data", "id", "total", style="offset"
+    )
     default_token: ClassVar[str] = "sandbox-invoice-api-password"
     supported_defects: ClassVar[tuple[str, ...]] = tuple(EXPECTED_REASON)
     # An unregistered policy is only visible with a policy registry check.

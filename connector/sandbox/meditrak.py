@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from ._dataset import EXPECTED_REASON, SandboxInvoice, item_total
-from ._dialect import Dialect, iso_z, json_response, money, parse_int, parse_iso_date
+from ._dialect import Dialect, ListShape, iso_z, json_response, money, parse_int, parse_iso_date
 
 MEDITRAK_DEFECTS: tuple[str, ...] = tuple(EXPECTED_REASON)
 MEDITRAK_DEFAULT_DEFECTS: tuple[str, ...] = tuple(
@@ -115,6 +115,9 @@ class MediTrakDialect(Dialect):
 
     name: ClassVar[str] = "meditrak"
     api_root: ClassVar[str] = "/api/v1/"
+    list_shape: ClassVar[ListShape | None] = ListShape(
+        "/api/v1/invoices/", "invoices", "invoice_id", "pagination.total_count"
+    )
     default_token: ClassVar[str] = "sandbox-meditrak-key"
     supported_defects: ClassVar[tuple[str, ...]] = MEDITRAK_DEFECTS
     default_defects: ClassVar[tuple[str, ...]] = MEDITRAK_DEFAULT_DEFECTS

@@ -17,6 +17,7 @@ from aiohttp import web
 from ._dataset import SandboxInvoice
 from ._dialect import (
     Dialect,
+    ListShape,
     iso_z,
     json_response,
     money,
@@ -45,6 +46,7 @@ class MediTrakImportDialect(Dialect):
 
     name: ClassVar[str] = "meditrak_import"
     api_root: ClassVar[str] = "/api/"
+    list_shape: ClassVar[ListShape | None] = ListShape("/api/invoices", "data", "id", "total")
     default_token: ClassVar[str] = "sandbox-import-key"
     supported_defects: ClassVar[tuple[str, ...]] = MEDITRAK_DEFECTS
     default_defects: ClassVar[tuple[str, ...]] = MEDITRAK_DEFAULT_DEFECTS

@@ -46,7 +46,7 @@ from ._dataset import (
     SandboxInvoice,
     SandboxItem,
 )
-from ._dialect import Dialect, json_response, money, parse_iso_datetime
+from ._dialect import Dialect, ListShape, json_response, money, parse_iso_datetime
 
 _CENT = Decimal("0.01")
 _FIVE = Decimal("5.00")
@@ -122,6 +122,9 @@ class SploseDialect(Dialect):
 
     name: ClassVar[str] = "splose"
     api_root: ClassVar[str] = "/v1/"
+    list_shape: ClassVar[ListShape | None] = ListShape(
+        "/v1/invoices", "data", "id", next_link="links.nextPage", style="link"
+    )
     default_token: ClassVar[str] = "sandbox-splose-key"
     currency: ClassVar[str] = "AUD"
     id_prefix: ClassVar[str] = "SPL-"

@@ -22,8 +22,8 @@ from connector.issues import Issue, Reason
 from connector.settings import SourceConfig
 from connector.sources.http import (
     ErrorDescriber,
+    RecordUnavailable,
     SourceClient,
-    VendorHttpError,
     describe_json_error,
 )
 from connector.sources.paginate import ListPage, Paginator, Position
@@ -73,6 +73,9 @@ class Adapter(ABC):
     def __init__(self, config: SourceConfig, client: SourceClient) -> None:
         self.config = config
         self.client = client
+        # Installed here rather than in `create`, so that a client built elsewhere (validate's
+        # recording client) classifies answers by this adapter's rules too.
+        client.validate_response = self.validate_response
 
     @classmethod
     def create(
@@ -98,6 +101,23 @@ class Adapter(ABC):
         return {}
 
     describe_error: ClassVar[ErrorDescriber] = staticmethod(describe_json_error)
+
+    def validate_response(self, response: httpx.Response) -> None:
+        """The one place where an answer of this source becomes data, a retry, the end of the
+        source, or a record to skip. The client calls it for every answer (a streamed 2xx one
+        before its body is read), which is then:
+
+        - data: return;
+        - retried: raise `RetriableError` (`retry_after` = the vendor's hint, in seconds);
+        - fatal for this source: raise a `SourceError` (`AuthError`, `ContractError`,
+          `VendorHttpError`...);
+        - skip this record: raise `RecordUnavailable` (its `reason` is the quarantine issue);
+          fatal where no single record was asked for, like a list request.
+
+        The default is the client's standard table (`SourceClient.default_validate_response`);
+        a vendor overrides this for its own statuses or error bodies and calls `super()` for
+        the rest."""
+        self.client.default_validate_response(response)
 
     @abstractmethod
     def fetch_pages(self, request: FetchRequest) -> AsyncIterator[SourcePage]:
@@ -222,11 +242,8 @@ class ListDetailAdapter(Adapter):
             )
         try:
             return await self.fetch_detail(record_id)
-        except VendorHttpError as exc:
-            if exc.status in (404, 410):
-                issue = Issue(Reason.DETAIL_UNAVAILABLE, "$", str(exc))
-                return RecordFailure(record_id, summary, issue)
-            raise
+        except RecordUnavailable as exc:
+            return RecordFailure(record_id, summary, Issue(exc.reason, "$", str(exc)))
 
 
 async def gather_or_cancel(calls: Iterable[Awaitable[T]]) -> list[T]:

@@ -18,7 +18,7 @@ import orjson
 from pydantic import SecretStr
 
 from connector.errors import AuthError, RetriableError
-from connector.sources.http import describe_json_error
+from connector.sources.http import RETRIABLE_STATUS, describe_json_error, retry_after_seconds
 
 # Refresh this long before the announced expiry, so a token never dies mid-request.
 EXPIRY_MARGIN_S = 60.0
@@ -125,8 +125,11 @@ class TokenAuth(httpx.Auth, ABC):
     def _read(self, response: httpx.Response) -> Token:
         status = response.status_code
         where = f"{response.request.method} {response.request.url.path}"
-        if status in (429, 500, 502, 503, 504):
-            raise RetriableError(f"{status} from {where} (login)")
+        if status in RETRIABLE_STATUS:
+            # The same statuses, hint and retry policy as any other answer of the source.
+            raise RetriableError(
+                f"{status} from {where} (login)", retry_after=retry_after_seconds(response)
+            )
         if not 200 <= status < 300:
             said = self.describe_login_error(response)
             secret = self._secret.get_secret_value() if self._secret is not None else ""

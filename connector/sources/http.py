@@ -1,8 +1,12 @@
 """One HTTP client per source: auth, concurrency bound, rate limit, retries, JSON decoding.
 
-Every request of an adapter goes through `SourceClient.request`, the single place where an
-HTTP answer becomes data, a retry (timeouts, connection errors, 429, 5xx; `Retry-After`
-honoured), or an error that stops the source (`AuthError`, `ContractError`, `SourceError`).
+Every request of an adapter goes through `SourceClient.request` (or `stream_item_batches` for
+one answer parsed as it streams in). Each answer passes one classification hook, by default
+`SourceClient.default_validate_response` and overridable per vendor as
+`Adapter.validate_response`: the single place where an HTTP answer becomes data, a retry
+(timeouts, connection errors, 429, 5xx; `Retry-After` honoured, see `connector.sources.retry`),
+an error that stops the source (`AuthError`, `ContractError`, `SourceError`), or a record to
+skip (`RecordUnavailable`).
 """
 
 from __future__ import annotations
@@ -10,16 +14,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from functools import lru_cache
-from typing import Any
+from functools import lru_cache, partial
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -31,10 +34,11 @@ from connector.errors import (
     AuthError,
     ContractError,
     RetriableError,
-    RetriesExhausted,
     SourceError,
 )
+from connector.issues import Reason
 from connector.settings import HttpSettings
+from connector.sources.retry import RETRIED, RetryPolicy
 
 log = structlog.get_logger("connector.sources.http")
 
@@ -133,11 +137,24 @@ def describe_certificate_error(
 
 
 class VendorHttpError(SourceError):
-    """A non-retriable HTTP error answer; `status` lets adapters treat e.g. a 404 per record."""
+    """A non-retriable HTTP error answer; fatal for the source. `status` is the answer's."""
 
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class RecordUnavailable(VendorHttpError):
+    """Skip this record: the answer concerns only the one record (or related resource) asked
+    for, which cannot be had (by default a 404 or 410). A caller fetching one record
+    quarantines it with `reason` and goes on; where no single record was asked for (a list
+    request) there is nothing to skip, and it stops the source like any `VendorHttpError`."""
+
+    def __init__(
+        self, message: str, *, status: int, reason: Reason = Reason.DETAIL_UNAVAILABLE
+    ) -> None:
+        super().__init__(message, status=status)
+        self.reason = reason
 
 
 class SlidingWindowLimiter:
@@ -243,6 +260,25 @@ class _SetCookieCookies(httpx.Cookies):
             super().extract_cookies(response)
 
 
+# The classification hook: returns for an answer that is data, raises for anything else.
+ResponseValidator = Callable[[httpx.Response], None]
+# A streamed answer is parsed in chunks of this many bytes (httpx gathers them before handing
+# any on): few enough parser calls, and memory stays one chunk plus the item in progress.
+STREAM_CHUNK_BYTES = 64 * 1024
+# Statuses that say "the one record asked for cannot be had" rather than "this source is broken".
+RECORD_GONE_STATUS = frozenset({404, 410})
+
+
+class ItemParser(Protocol):
+    """Turns an answer arriving in byte chunks into its items, as soon as each is complete."""
+
+    def feed(self, data: bytes) -> list[Any]:
+        """The items completed by `data`."""
+
+    def close(self) -> list[Any]:
+        """The last items; raises `ContractError` if the answer ended in the middle of one."""
+
+
 class SourceClient:
     """An httpx.AsyncClient bound to one source's base URL, auth and limits."""
 
@@ -260,6 +296,8 @@ class SourceClient:
         self.settings = settings
         self.source = source
         self._describe_error = describe_error
+        # Every answer passes this hook; an adapter installs its own `validate_response`.
+        self.validate_response: ResponseValidator = self.default_validate_response
         self._semaphore = asyncio.Semaphore(settings.concurrency)
         self._limiter = (
             SlidingWindowLimiter(settings.requests_per_minute, 60.0 + RATE_WINDOW_MARGIN_S)
@@ -267,6 +305,9 @@ class SourceClient:
             else None
         )
         self.stats = RequestStats()
+        self._retry_policy = RetryPolicy(
+            settings, describe=describe_failure, on_retry=self._count_and_log_retry
+        )
         timeout = settings.timeout.total_seconds()
         limits = httpx.Limits(
             max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency
@@ -309,44 +350,68 @@ class SourceClient:
         return decode_json(response)
 
     async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """Send with retries; return a 2xx response or raise a `SourceError`.
+        """Send with retries; return a response the classification accepted, or raise.
 
-        Retried: `RetriableError` (429, 5xx, ...) and transport errors, up to `max_retries`
-        more attempts, each after a full-jitter backoff or the vendor's `Retry-After`. A plain
-        loop rather than a retry library's controller: the first attempt, which nearly every
-        request stops at, then costs nothing beyond the send (docs/performance.md)."""
-        attempts = self.settings.max_retries + 1
-        attempt = 1
-        while True:
+        The first attempt is a plain send: the retry policy (tenacity) is entered only once it
+        failed, so the request nearly every call stops at costs nothing beyond the send."""
+        try:
+            return await self._send_once(method, url, **kwargs)
+        except RETRIED as exc:
+            failure = exc
+        again = partial(self._send_once, method, url, **kwargs)
+        return await self._retry_policy.after_failure(failure, again, f"{method} {_path(url)}")
+
+    async def stream_item_batches(
+        self,
+        method: str,
+        url: str,
+        parser: Callable[[], ItemParser],
+        *,
+        skip: int = 0,
+        **kwargs: Any,
+    ) -> AsyncGenerator[list[tuple[int, Any]], None]:
+        """(index, item) pairs of one streamed answer, from index `skip` on, each item parsed
+        by a `parser()` as soon as its bytes arrived: memory holds one chunk and the item in
+        progress, never the whole answer. One batch per chunk that completed any items (an
+        async step per item would cost more than the parsing).
+
+        Retried like `request`, under the same limits and classification: a transient failure
+        before or in the middle of the answer asks for it again and skips the items already
+        handed on. The retry budget counts failures in a row without a new item, so a long
+        answer that drops now and then still completes."""
+        answer = _StreamedAnswer(self, method, url, parser, kwargs)
+        what = f"{method} {_path(url)}"
+        wanted = skip  # index of the next item to hand on
+        try:
             try:
-                return await self._send_once(method, url, **kwargs)
-            except (RetriableError, httpx.TransportError) as exc:
-                if isinstance(exc, httpx.TransportError):
-                    self._raise_if_certificate_rejected(exc)
-                if attempt >= attempts:
-                    raise RetriesExhausted(
-                        f"{method} {_path(url)} still failing after {attempts} attempts: "
-                        + (
-                            describe_transport_error(exc)
-                            if isinstance(exc, httpx.TransportError)
-                            else str(exc)
-                        )
-                    ) from None
-                delay = self.retry_delay(attempt, exc)
-                self._log_retry(attempt, exc)
-            await asyncio.sleep(delay)
-            attempt += 1
+                items = await answer.open_from(wanted)
+            except RETRIED as exc:
+                items = await self._retry_policy.after_failure(
+                    exc, partial(answer.open_from, wanted), what
+                )
+            while items:
+                yield items
+                wanted = items[-1][0] + 1
+                try:
+                    items = await answer.next_items()
+                except RETRIED as exc:
+                    items = await self._retry_policy.after_failure(
+                        exc, partial(answer.open_from, wanted), what
+                    )
+        finally:
+            await answer.aclose()
 
     @asynccontextmanager
     async def stream(self, method: str, url: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
-        """One streamed request (no retries: the caller decides how to resume) under the same
-        rate limit, concurrency bound and status classification as `request`."""
+        """One streamed attempt (no retries: see `stream_item_batches`) under the same rate limit,
+        concurrency bound and classification as `request`. The hook sees a 2xx answer before
+        its body is read, any other after."""
         url = self.resolve(url)
         try:
             async with self._slot(), self._client.stream(method, url, **kwargs) as response:
                 if not 200 <= response.status_code < 300:
                     await response.aread()
-                    self._classify(method, url, response)
+                self.validate_response(response)
                 yield response
         except httpx.TransportError as exc:
             self._raise_if_certificate_rejected(exc)
@@ -382,33 +447,53 @@ class SourceClient:
 
     async def _send_once(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         url = self.resolve(url)
-        async with self._slot():
-            response = await self._client.request(method, url, **kwargs)
+        try:
+            async with self._slot():
+                response = await self._client.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            self._raise_if_certificate_rejected(exc)
+            raise
         # httpx leaves the read response and its stream pointing at each other: a cycle that
         # kept each page's body alive until the next cyclic collection. The body is read, so
         # the stream can be the plain bytes, freed with the response (docs/performance.md).
         response.stream = httpx.ByteStream(response.content)
-        self._classify(method, url, response)
+        self.validate_response(response)
         return response
 
-    def _classify(self, method: str, url: str, response: httpx.Response) -> None:
+    def default_validate_response(self, response: httpx.Response) -> None:
+        """The standard classification of an answer: 2xx is data; 408, 425, 429 and 5xx are
+        retried (`RetriableError` with the `Retry-After` hint); 401/403 are `AuthError`; a
+        redirect is a `ContractError` (base_url or a path is wrong); 404/410 are
+        `RecordUnavailable` (skipped when one record was asked for); any other status is a
+        `VendorHttpError`. Every error carries the vendor's own message, when it gave one."""
         status = response.status_code
         if 200 <= status < 300:
             return
         said = self._describe_error(response)
-        detail = f"{status} from {method} {_path(url)}" + (f": {said}" if said else "")
+        detail = f"{status} from {self.describe_request(response)}" + (f": {said}" if said else "")
         if status in RETRIABLE_STATUS:
-            retry_after = retry_after_seconds(response)
-            limit = self.settings.max_retry_after.total_seconds()
-            if retry_after is not None and retry_after > limit:
-                raise SourceError(f"{detail} (Retry-After {retry_after:.0f}s exceeds {limit:.0f}s)")
-            raise RetriableError(detail, retry_after=retry_after)
+            raise RetriableError(detail, retry_after=retry_after_seconds(response))
         if status in (401, 403):
             raise AuthError(f"{detail} - the credentials were rejected")
         if 300 <= status < 400:
             location = response.headers.get("Location", "?")
             raise ContractError(f"{detail} - redirected to {location}; check base_url and paths")
+        if status in RECORD_GONE_STATUS:
+            raise RecordUnavailable(detail, status=status)
         raise VendorHttpError(detail, status=status)
+
+    def describe_request(self, response: httpx.Response) -> str:
+        """ "GET invoices/7": the request behind `response` as errors name it, its path relative
+        to the base URL when below it (as adapters write paths), without the query."""
+        url = response.request.url
+        base = self._client.base_url
+        path = url.raw_path.decode("ascii").split("?", 1)[0]
+        prefix = base.raw_path.decode("ascii")
+        if (url.scheme, url.host, url.port) == (base.scheme, base.host, base.port) and (
+            path.startswith(prefix)
+        ):
+            return f"{response.request.method} {path[len(prefix) :]}"
+        return f"{response.request.method} {_path(str(url))}"
 
     def _raise_if_certificate_rejected(self, error: httpx.TransportError) -> None:
         rejected = certificate_error(error)
@@ -421,26 +506,92 @@ class SourceClient:
                 describe_certificate_error(rejected, host, self.settings.ca_bundle)
             ) from None
 
-    def retry_delay(self, attempt: int, error: BaseException) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based), counted as a retry:
-        the vendor's Retry-After when given, else full-jitter exponential backoff."""
+    def _count_and_log_retry(self, attempt: int, error: BaseException, wait: float) -> None:
         self.stats.retries += 1
-        if isinstance(error, RetriableError) and error.retry_after is not None:
-            return error.retry_after
-        base = self.settings.backoff_base.total_seconds()
-        ceiling = self.settings.backoff_max.total_seconds()
-        # Full jitter: spreads the retries of concurrent requests instead of syncing them.
-        return float(random.uniform(0, min(ceiling, base * 2 ** (attempt - 1))))
-
-    def _log_retry(self, attempt: int, error: BaseException) -> None:
         log.debug(
             "http.retry",
             source=self.source,
             attempt=attempt,
-            error=describe_transport_error(error)
-            if isinstance(error, httpx.TransportError)
-            else str(error),
+            error=describe_failure(error),
+            wait_s=round(wait, 3),
         )
+
+
+class _StreamedAnswer:
+    """The answer `SourceClient.stream_item_batches` reads: one streamed attempt at a time, each
+    handing on only the items at or after the index it was opened from."""
+
+    def __init__(
+        self,
+        client: SourceClient,
+        method: str,
+        url: str,
+        parser: Callable[[], ItemParser],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._client = client
+        self._request = (method, url, kwargs)
+        self._new_parser = parser
+        self._attempt: AsyncExitStack | None = None
+        self._chunks: AsyncIterator[bytes] | None = None
+        self._parser: ItemParser | None = None
+        # Items of the current attempt before this index were handed on by an earlier one.
+        self._first = 0
+        self._index = 0  # items the current attempt parsed so far
+        self._ended = False
+
+    async def open_from(self, first: int) -> list[tuple[int, Any]]:
+        """Ask for the answer (again) and read up to its first item at or after `first`:
+        an attempt has succeeded only once it made progress."""
+        await self.aclose()
+        method, url, kwargs = self._request
+        self._attempt = attempt = AsyncExitStack()
+        try:
+            response = await attempt.enter_async_context(self._client.stream(method, url, **kwargs))
+        except BaseException:
+            await self.aclose()
+            raise
+        self._chunks = response.aiter_bytes(STREAM_CHUNK_BYTES)
+        self._parser = self._new_parser()
+        self._first, self._index, self._ended = first, 0, False
+        return await self.next_items()
+
+    async def next_items(self) -> list[tuple[int, Any]]:
+        """The next items (at least one) with their indexes; [] once the answer has ended.
+        A failed read closes the attempt at once: it must not hold its concurrency slot
+        through the retry's wait."""
+        chunks, parser = self._chunks, self._parser
+        assert chunks is not None and parser is not None, "next_items() before open_from()"
+        try:
+            while not self._ended:
+                chunk = await anext(chunks, None)
+                if chunk is None:
+                    parsed, self._ended = parser.close(), True
+                else:
+                    parsed = parser.feed(chunk)
+                start, self._index = self._index, self._index + len(parsed)
+                if parsed and self._index > self._first:
+                    skipped = max(0, self._first - start)
+                    return list(enumerate(parsed[skipped:], start + skipped))
+        except BaseException:
+            await self.aclose()
+            raise
+        return []
+
+    async def aclose(self) -> None:
+        chunks, attempt = self._chunks, self._attempt
+        self._chunks, self._attempt, self._parser = None, None, None
+        if isinstance(chunks, AsyncGenerator):
+            await chunks.aclose()
+        if attempt is not None:
+            await attempt.aclose()
+
+
+def describe_failure(error: BaseException) -> str:
+    """A failed attempt in words: what went wrong on the wire, or the classification's text."""
+    if isinstance(error, httpx.TransportError):
+        return describe_transport_error(error)
+    return str(error)
 
 
 def describe_transport_error(error: BaseException | None) -> str:

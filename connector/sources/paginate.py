@@ -1,5 +1,5 @@
 """The pagination styles vendors use, written once: numbered pages or offsets with a total,
-"next" links, and one plain array.
+"next" links, and one plain array (stream-parsed by `JsonArraySplitter`).
 
 A paginator yields `ListPage`s in order, each with the position from which a later run can
 resume (the page *after* it). Numbered styles fetch ahead within the client's concurrency;
@@ -10,9 +10,11 @@ every style is bounded: a repeated page, a looping link or a runaway page count 
 from __future__ import annotations
 
 import asyncio
+import codecs
+import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -260,10 +262,17 @@ class NextLinkPaginator(Paginator):
 
 @dataclass(frozen=True)
 class SingleArrayPaginator(Paginator):
-    """One request answering the whole list; handed on in slices of `page_size`."""
+    """One request answering the whole list as one plain JSON array (no pagination), handed
+    on in pages of `page_size`. The array is stream-parsed element by element and never held
+    whole, so memory stays flat however long the list; `keep` may drop elements on the way
+    (a filter the vendor cannot apply). Position `{"skip": n}`: the first n elements were
+    handed on or dropped. A transient failure, even mid-answer, is retried by the client,
+    which asks again and skips what was already handed on."""
 
-    records_path: str = ""
     page_size: int = 500
+    # One element longer than this (in characters) is a broken answer, not a record.
+    max_element_chars: int = 1_000_000
+    keep: Callable[[Any], bool] | None = None
 
     async def pages(
         self,
@@ -271,17 +280,138 @@ class SingleArrayPaginator(Paginator):
         path: str,
         params: Mapping[str, Any],
         resume: Position | None = None,
-    ) -> AsyncIterator[ListPage]:
-        body = await client.get_json(path, params)
-        records = records_at(body, self.records_path, f"GET {path}")
-        del body
-        skip = int(resume.get("skip", 0)) if resume else 0
-        total = len(records)
-        if skip >= total:
-            yield ListPage([], None, total, 0)
-            return
-        for number, begin in enumerate(range(skip, total, self.page_size)):
-            end = min(begin + self.page_size, total)
-            yield ListPage(
-                records[begin:end], {"skip": end} if end < total else None, total, number
+    ) -> AsyncGenerator[ListPage, None]:
+        where = f"GET {path}"
+        batches = client.stream_item_batches(
+            "GET",
+            path,
+            lambda: JsonArraySplitter(max_element_chars=self.max_element_chars, where=where),
+            skip=skip_of(resume),
+            params=params,
+        )
+        keep = self.keep
+        page: list[Any] = []
+        number = 0
+        try:
+            async for batch in batches:
+                for index, record in batch:
+                    if keep is not None and not keep(record):
+                        continue
+                    if len(page) >= self.page_size:
+                        # Everything before `index` is handed on or dropped.
+                        yield ListPage(page, {"skip": index}, None, number)
+                        page, number = [], number + 1
+                    page.append(record)
+        finally:
+            # Closed here, not whenever it is collected: the answer's connection goes back now.
+            await batches.aclose()
+        # Held back one record so that the last page is the one whose position is None.
+        yield ListPage(page, None, None, number)
+
+
+def skip_of(position: Position | None) -> int:
+    """The element count of a `SingleArrayPaginator` position."""
+    if not position:
+        return 0
+    skip = position.get("skip", 0)
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+        raise ContractError(f"unusable resume position {position!r}")
+    return skip
+
+
+class JsonArraySplitter:
+    """Splits a JSON array arriving in byte chunks into its elements, one at a time (an
+    `ItemParser` for `SourceClient.stream_item_batches`).
+
+    Each element is decoded by the C-accelerated `json` scanner as soon as it is complete, so
+    memory holds one chunk plus the element in progress, never the whole array. An element cut
+    by a chunk boundary is retried once twice as much of it has arrived (linear overall).
+    """
+
+    def __init__(self, *, max_element_chars: int, where: str) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+        self._json = json.JSONDecoder()
+        self._max = max_element_chars
+        self._where = where
+        self._buffer = ""
+        # "start" → "value" (after "[" or ",") / "first" (right after "[") → "after" → "done"
+        self._state = "start"
+        self._wait_for = 0  # buffer length to reach before retrying an incomplete element
+
+    def feed(self, data: bytes) -> list[Any]:
+        try:
+            self._buffer += self._decoder.decode(data)
+        except UnicodeDecodeError as exc:
+            raise ContractError(f"{self._where}: answer is not UTF-8 ({exc.reason})") from None
+        return self._drain(final=False)
+
+    def close(self) -> list[Any]:
+        """The last elements; raises if the array never ended."""
+        try:
+            self._buffer += self._decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise ContractError(f"{self._where}: answer is not UTF-8 ({exc.reason})") from None
+        elements = self._drain(final=True)
+        if self._state != "done":
+            raise ContractError(f"{self._where}: the JSON array ended early (truncated answer)")
+        return elements
+
+    def _fail(self, found: str) -> ContractError:
+        return ContractError(f"{self._where}: expected a JSON array of invoices, found {found}")
+
+    def _drain(self, *, final: bool) -> list[Any]:
+        elements: list[Any] = []
+        text = self._buffer
+        size = len(text)
+        pos = 0
+        while True:
+            while pos < size and text[pos] in " \t\r\n":
+                pos += 1
+            if pos >= size:
+                break
+            char = text[pos]
+            state = self._state
+            if state == "start":
+                if char != "[":
+                    raise self._fail(repr(text[pos : pos + 20]))
+                self._state, pos = "first", pos + 1
+            elif state == "done":
+                raise self._fail(f"data after the array: {text[pos : pos + 20]!r}")
+            elif state == "after":
+                if char == ",":
+                    self._state, pos = "value", pos + 1
+                elif char == "]":
+                    self._state, pos = "done", pos + 1
+                else:
+                    raise self._fail(f"{char!r} between elements")
+            elif char == "]" and state == "first":
+                self._state, pos = "done", pos + 1
+            else:
+                if not final and size - pos < self._wait_for:
+                    break
+                try:
+                    element, end = self._json.raw_decode(text, pos)
+                except json.JSONDecodeError as exc:
+                    if final:
+                        raise self._fail(f"invalid JSON ({exc.msg})") from None
+                    # Most likely cut by the chunk boundary; if it is plainly invalid, the
+                    # size bound or the end of the answer reports it.
+                    self._need_more(size - pos, exc.msg)
+                    break
+                if end >= size and not final:
+                    # A number at the very end may continue in the next chunk ("12" of "125").
+                    self._need_more(size - pos, "incomplete")
+                    break
+                elements.append(element)
+                self._state, pos, self._wait_for = "after", end, 0
+        self._buffer = text[pos:]
+        return elements
+
+    def _need_more(self, pending: int, problem: str) -> None:
+        if pending > self._max:
+            raise ContractError(
+                f"{self._where}: an array element is still not valid JSON after {self._max} "
+                f"characters ({problem}): the answer is malformed, or the element is longer "
+                "than the source's record size limit"
             )
+        self._wait_for = max(pending + 1, 2 * pending)

@@ -7,6 +7,7 @@ from connector.store.store import (
     Rejected,
     RunRecord,
     Store,
+    StoredInvoice,
     SyncState,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "Rejected",
     "RunRecord",
     "Store",
+    "StoredInvoice",
     "SyncState",
 ]

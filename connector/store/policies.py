@@ -24,8 +24,9 @@ from connector.policies import (
     diff_registry,
     removal_refusal,
 )
+from connector.store.database import chunks, utcnow
 from connector.store.schema import invoice, patient_link, policy
-from connector.store.store import Store, _chunks, utcnow
+from connector.store.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ def import_policies(
     nothing and reports what the import would do, a refusal included."""
     now = utcnow()
     by_number = {r.policy_number: r for r in records}
-    with store._transaction() as conn:
+    with store.transaction() as conn:
         if conn.dialect.name == "postgresql":
             # Two imports at once must not interleave between the diff and the writes; runs
             # reading the registry (ACCESS SHARE) are not blocked by this mode.
@@ -112,7 +113,7 @@ def import_policies(
             return outcome
         if refusal is not None:
             raise ImportRefused(outcome)
-        for chunk in _chunks(diff.removed):
+        for chunk in chunks(diff.removed):
             conn.execute(delete(policy).where(policy.c.policy_number.in_(chunk)))
         if diff.added:
             conn.execute(
@@ -159,7 +160,7 @@ def _stored_policies(conn: Connection) -> dict[str, PolicyRecord]:
 def _count_in(conn: Connection, column: Column[str], numbers: Sequence[str]) -> int:
     """Rows of `column`'s table whose `column` is one of `numbers`."""
     total = 0
-    for chunk in _chunks(numbers):
+    for chunk in chunks(numbers):
         query = select(func.count()).select_from(column.table).where(column.in_(chunk))
         total += int(conn.execute(query).scalar_one())
     return total
@@ -182,10 +183,10 @@ def import_links(store: Store, links: Sequence[PatientLink]) -> ImportCounts:
     for link in links:
         by_source.setdefault(link.source, {})[link.patient_ref] = link
     inserted = updated = 0
-    with store._transaction() as conn:
+    with store.transaction() as conn:
         for source, refs in by_source.items():
             known: set[str] = set()
-            for chunk in _chunks(list(refs)):
+            for chunk in chunks(list(refs)):
                 known.update(
                     conn.execute(
                         select(patient_link.c.patient_ref).where(

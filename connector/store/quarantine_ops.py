@@ -9,8 +9,10 @@ from collections.abc import Sequence
 
 from sqlalchemy import delete, select
 
+from connector.store.database import chunks
+from connector.store.reads import QuarantineEntry, quarantine_entry_of
 from connector.store.schema import quarantine
-from connector.store.store import QuarantineEntry, Store, _chunks, quarantine_entry_of
+from connector.store.store import Store
 
 
 def quarantine_entry(store: Store, entry_id: int) -> QuarantineEntry | None:
@@ -26,8 +28,8 @@ def release_quarantined(store: Store, source: str, record_keys: Sequence[str]) -
     """Drop quarantine rows of records now stored under another key (a record whose mapping
     failed before it had an id): the batch write only releases rows keyed by invoice id."""
     released = 0
-    with store._transaction() as conn:
-        for chunk in _chunks(list(record_keys)):
+    with store.transaction() as conn:
+        for chunk in chunks(list(record_keys)):
             released += conn.execute(
                 delete(quarantine).where(
                     quarantine.c.source == source, quarantine.c.record_key.in_(chunk)

@@ -1,4 +1,12 @@
-"""Table definitions of the local store (SQLAlchemy Core), shared by the store and migrations.
+"""The store's tables as SQLModel models, shared by the store, the migrations and (later) the
+HTTP server's responses.
+
+Each model (`InvoiceRow`, `QuarantineRow`, ...) is the typed row of one table; the module-level
+aliases (`invoice = InvoiceRow.__table__`, ...) are the same tables for Core statements, which
+the write paths use (bulk inserts and upserts: no ORM session, no identity map). The models
+live in their own MetaData (`metadata`), so Alembic and the tests see these tables and nothing
+else registered with SQLModel. Every name, type, index and constraint here is exactly what
+migrations 0001-0003 create; `tests/test_store_schema.py` holds the two to each other.
 
 Money is exact: NUMERIC on PostgreSQL, decimal text on SQLite (whose NUMERIC is a float).
 Timestamps are timezone-aware UTC on the way in and out, whatever the backend keeps.
@@ -6,19 +14,16 @@ Timestamps are timezone-aware UTC on the way in and out, whatever the backend ke
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
-    Column,
-    Date,
     DateTime,
     Dialect,
     Index,
-    Integer,
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
@@ -27,7 +32,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.orm import registry
 from sqlalchemy.types import TypeDecorator, TypeEngine
+from sqlmodel import Field, SQLModel
 
 
 class ExactDecimal(TypeDecorator[Decimal]):
@@ -80,160 +87,215 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 metadata = MetaData()
 
-invoice = Table(
-    "invoice",
-    metadata,
-    Column("source", String(100), nullable=False),
-    Column("source_id", String(200), nullable=False),
-    Column("invoice_number", String(200), nullable=False),
-    Column("invoice_date", Date, nullable=False),
-    Column("total_amount", ExactDecimal(), nullable=False),
-    Column("paid_amount", ExactDecimal(), nullable=True),
-    Column("currency", String(3), nullable=False),
-    Column("status", String(10), nullable=False),
-    Column("source_status", String(100), nullable=True),
-    Column("facility", String(300), nullable=True),
-    Column("patient_name", String(300), nullable=False),
-    Column("policy_number", String(100), nullable=True),
-    Column("patient_ref", String(200), nullable=True),
-    Column("source_updated_at", UtcDateTime(), nullable=True),
-    Column("content_hash", String(64), nullable=False),
-    Column("first_seen_at", UtcDateTime(), nullable=False),
-    Column("written_at", UtcDateTime(), nullable=False),
-    Column("last_run_id", BigInteger, nullable=True),
-    PrimaryKeyConstraint("source", "source_id", name="pk_invoice"),
-)
-Index("ix_invoice_date", invoice.c.source, invoice.c.invoice_date)
 
-invoice_item = Table(
-    "invoice_item",
-    metadata,
-    Column("source", String(100), nullable=False),
-    Column("source_id", String(200), nullable=False),
-    Column("line_no", Integer, nullable=False),
-    Column("category", String(20), nullable=False),
-    Column("description", String(1000), nullable=False),
-    Column("quantity", ExactDecimal(18, 6), nullable=False),
-    Column("unit_price", ExactDecimal(), nullable=False),
-    Column("total", ExactDecimal(), nullable=False),
-    Column("source_category", String(300), nullable=True),
-    Column("category_rule", String(200), nullable=True),
-    PrimaryKeyConstraint("source", "source_id", "line_no", name="pk_invoice_item"),
-)
+class StoreTable(SQLModel, registry=registry(metadata=metadata)):
+    """Base of the store's table models: their own registry and MetaData (see module doc)."""
 
-quarantine = Table(
-    "quarantine",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("source", String(100), nullable=False),
+
+# Shorthands for the column kinds the tables repeat; `nullable` is always said explicitly,
+# so that a column's NULL-ability never depends on how SQLModel reads an annotation.
+def _text(length: int, *, nullable: bool, **kw: Any) -> Any:
+    return Field(sa_type=String(length), nullable=nullable, **kw)
+
+
+def _money(*, nullable: bool, precision: int = 14, scale: int = 2) -> Any:
+    return Field(sa_type=ExactDecimal(precision, scale), nullable=nullable)
+
+
+def _utc(*, nullable: bool) -> Any:
+    return Field(sa_type=UtcDateTime(), nullable=nullable)
+
+
+def _run_id() -> Any:
+    return Field(default=None, sa_type=BigInteger, nullable=True)
+
+
+def _serial() -> Any:
+    """An autoincrementing integer id (None until the database assigns it)."""
+    return Field(default=None, primary_key=True, sa_column_kwargs={"autoincrement": True})
+
+
+class InvoiceRow(StoreTable, table=True):
+    __tablename__ = "invoice"
+    __table_args__ = (
+        PrimaryKeyConstraint("source", "source_id", name="pk_invoice"),
+        Index("ix_invoice_date", "source", "invoice_date"),
+    )
+
+    source: str = _text(100, nullable=False)
+    source_id: str = _text(200, nullable=False)
+    invoice_number: str = _text(200, nullable=False)
+    invoice_date: date = Field(nullable=False)
+    total_amount: Decimal = _money(nullable=False)
+    paid_amount: Decimal | None = _money(nullable=True)
+    currency: str = _text(3, nullable=False)
+    status: str = _text(10, nullable=False)
+    source_status: str | None = _text(100, nullable=True)
+    facility: str | None = _text(300, nullable=True)
+    patient_name: str = _text(300, nullable=False)
+    policy_number: str | None = _text(100, nullable=True)
+    patient_ref: str | None = _text(200, nullable=True)
+    source_updated_at: datetime | None = _utc(nullable=True)
+    content_hash: str = _text(64, nullable=False)
+    first_seen_at: datetime = _utc(nullable=False)
+    written_at: datetime = _utc(nullable=False)
+    last_run_id: int | None = _run_id()
+
+
+class InvoiceItemRow(StoreTable, table=True):
+    __tablename__ = "invoice_item"
+    __table_args__ = (
+        PrimaryKeyConstraint("source", "source_id", "line_no", name="pk_invoice_item"),
+    )
+
+    source: str = _text(100, nullable=False)
+    source_id: str = _text(200, nullable=False)
+    line_no: int = Field(nullable=False)
+    category: str = _text(20, nullable=False)
+    description: str = _text(1000, nullable=False)
+    quantity: Decimal = _money(nullable=False, precision=18, scale=6)
+    unit_price: Decimal = _money(nullable=False)
+    total: Decimal = _money(nullable=False)
+    source_category: str | None = _text(300, nullable=True)
+    category_rule: str | None = _text(200, nullable=True)
+
+
+class QuarantineRow(StoreTable, table=True):
+    __tablename__ = "quarantine"
+    __table_args__ = (UniqueConstraint("source", "record_key", name="uq_quarantine_record"),)
+
+    id: int | None = _serial()
+    source: str = _text(100, nullable=False)
     # The source invoice id, or "sha256:<digest of the payload>" when the record has none.
-    Column("record_key", String(200), nullable=False),
-    Column("raw_payload", JSON, nullable=False),
-    Column("canonical", JSON, nullable=True),
-    Column("issues", JSON, nullable=False),
+    record_key: str = _text(200, nullable=False)
+    raw_payload: Any = Field(sa_type=JSON, nullable=False)
+    canonical: dict[str, Any] | None = Field(default=None, sa_type=JSON, nullable=True)
+    issues: list[dict[str, str]] = Field(sa_type=JSON, nullable=False)
     # ",CODE_A,CODE_B," so that a reason filter is a plain LIKE on every backend.
-    Column("reason_codes", String(500), nullable=False),
-    Column("first_seen_at", UtcDateTime(), nullable=False),
-    Column("last_seen_at", UtcDateTime(), nullable=False),
-    Column("attempts", Integer, nullable=False),
-    Column("last_run_id", BigInteger, nullable=True),
-    UniqueConstraint("source", "record_key", name="uq_quarantine_record"),
-)
+    reason_codes: str = _text(500, nullable=False)
+    first_seen_at: datetime = _utc(nullable=False)
+    last_seen_at: datetime = _utc(nullable=False)
+    attempts: int = Field(nullable=False)
+    last_run_id: int | None = _run_id()
 
-sync_state = Table(
-    "sync_state",
-    metadata,
-    Column("source", String(100), primary_key=True),
+
+class SyncStateRow(StoreTable, table=True):
+    __tablename__ = "sync_state"
+
+    source: str = _text(100, nullable=False, primary_key=True)
     # High-water mark of source updated-at over completed runs (UTC).
-    Column("cursor", UtcDateTime(), nullable=True),
+    cursor: datetime | None = _utc(nullable=True)
     # Where an unfinished run stopped: {"since":..., "position":..., "high_water":...}.
-    Column("resume", JSON, nullable=True),
-    Column("last_run_id", BigInteger, nullable=True),
-    Column("updated_at", UtcDateTime(), nullable=False),
-)
+    resume: dict[str, Any] | None = Field(default=None, sa_type=JSON, nullable=True)
+    last_run_id: int | None = _run_id()
+    updated_at: datetime = _utc(nullable=False)
 
-sync_run = Table(
-    "sync_run",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("source", String(100), nullable=False),
-    Column("kind", String(20), nullable=False),
-    Column("status", String(20), nullable=False),
-    Column("started_at", UtcDateTime(), nullable=False),
-    Column("finished_at", UtcDateTime(), nullable=True),
-    Column("owner", String(200), nullable=False),
-    Column("error", Text, nullable=True),
-    Column("fetched", Integer, nullable=False, default=0),
-    Column("inserted", Integer, nullable=False, default=0),
-    Column("updated", Integer, nullable=False, default=0),
-    Column("unchanged", Integer, nullable=False, default=0),
-    Column("quarantined", Integer, nullable=False, default=0),
-    Column("released", Integer, nullable=False, default=0),
-    Column("batches", Integer, nullable=False, default=0),
-    Column("cursor_before", UtcDateTime(), nullable=True),
-    Column("cursor_after", UtcDateTime(), nullable=True),
-)
-Index("ix_sync_run_source", sync_run.c.source, sync_run.c.started_at)
 
-# The MediTrak policy registry as last imported (`connector policies import`).
-policy = Table(
-    "policy",
-    metadata,
-    Column("policy_number", String(100), primary_key=True),
-    Column("holder_name", String(300), nullable=True),
+class SyncRunRow(StoreTable, table=True):
+    __tablename__ = "sync_run"
+    __table_args__ = (Index("ix_sync_run_source", "source", "started_at"),)
+
+    id: int | None = _serial()
+    source: str = _text(100, nullable=False)
+    kind: str = _text(20, nullable=False)
+    status: str = _text(20, nullable=False)
+    started_at: datetime = _utc(nullable=False)
+    finished_at: datetime | None = _utc(nullable=True)
+    owner: str = _text(200, nullable=False)
+    error: str | None = Field(default=None, sa_type=Text, nullable=True)
+    fetched: int = Field(default=0, nullable=False)
+    inserted: int = Field(default=0, nullable=False)
+    updated: int = Field(default=0, nullable=False)
+    unchanged: int = Field(default=0, nullable=False)
+    quarantined: int = Field(default=0, nullable=False)
+    released: int = Field(default=0, nullable=False)
+    batches: int = Field(default=0, nullable=False)
+    cursor_before: datetime | None = _utc(nullable=True)
+    cursor_after: datetime | None = _utc(nullable=True)
+
+
+class PolicyRow(StoreTable, table=True):
+    """The MediTrak policy registry as last imported (`connector policies import`)."""
+
+    __tablename__ = "policy"
+
+    policy_number: str = _text(100, nullable=False, primary_key=True)
+    holder_name: str | None = _text(300, nullable=True)
     # active / inactive / suspended / cancelled / expired: only "active" is billable.
-    Column("status", String(20), nullable=False),
-    Column("valid_from", Date, nullable=True),
-    Column("valid_to", Date, nullable=True),
-    Column("imported_at", UtcDateTime(), nullable=False),
-)
+    status: str = _text(20, nullable=False)
+    valid_from: date | None = Field(default=None, nullable=True)
+    valid_to: date | None = Field(default=None, nullable=True)
+    imported_at: datetime = _utc(nullable=False)
 
-# How sources that carry no policy number reach one: their own patient id → policy number.
-patient_link = Table(
-    "patient_link",
-    metadata,
-    Column("source", String(100), nullable=False),
-    Column("patient_ref", String(200), nullable=False),
-    Column("policy_number", String(100), nullable=False),
-    Column("imported_at", UtcDateTime(), nullable=False),
-    PrimaryKeyConstraint("source", "patient_ref", name="pk_patient_link"),
-)
 
-# Backfill date slices (`connector backfill`): claimed under a lease, so several workers on
-# several machines split one backfill and a dead worker's slice is taken over at expiry.
-backfill_window = Table(
-    "backfill_window",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+class PatientLinkRow(StoreTable, table=True):
+    """How sources that carry no policy number reach one: their own patient id → policy."""
+
+    __tablename__ = "patient_link"
+    __table_args__ = (PrimaryKeyConstraint("source", "patient_ref", name="pk_patient_link"),)
+
+    source: str = _text(100, nullable=False)
+    patient_ref: str = _text(200, nullable=False)
+    policy_number: str = _text(100, nullable=False)
+    imported_at: datetime = _utc(nullable=False)
+
+
+class BackfillWindowRow(StoreTable, table=True):
+    """Backfill date slices (`connector backfill`): claimed under a lease, so several workers
+    on several machines split one backfill and a dead worker's slice is taken over at expiry."""
+
+    __tablename__ = "backfill_window"
+    __table_args__ = (
+        UniqueConstraint("backfill_key", "date_from", name="uq_backfill_window"),
+        Index("ix_backfill_window_claim", "backfill_key", "status"),
+    )
+
+    id: int | None = _serial()
     # "<source>:<since>:<until>": the same command run again finds its windows.
-    Column("backfill_key", String(300), nullable=False),
-    Column("source", String(100), nullable=False),
-    Column("date_from", Date, nullable=False),
-    Column("date_to", Date, nullable=False),
+    backfill_key: str = _text(300, nullable=False)
+    source: str = _text(100, nullable=False)
+    date_from: date = Field(nullable=False)
+    date_to: date = Field(nullable=False)
     # pending → running (leased) → done | failed; an expired lease makes it claimable again.
-    Column("status", String(10), nullable=False),
-    Column("lease_owner", String(200), nullable=True),
-    Column("lease_expires_at", UtcDateTime(), nullable=True),
-    Column("attempts", Integer, nullable=False),
-    Column("fetched", Integer, nullable=False),
-    Column("inserted", Integer, nullable=False),
-    Column("updated", Integer, nullable=False),
-    Column("unchanged", Integer, nullable=False),
-    Column("quarantined", Integer, nullable=False),
-    Column("run_id", BigInteger, nullable=True),
-    Column("error", Text, nullable=True),
-    Column("updated_at", UtcDateTime(), nullable=False),
-    UniqueConstraint("backfill_key", "date_from", name="uq_backfill_window"),
-)
-Index("ix_backfill_window_claim", backfill_window.c.backfill_key, backfill_window.c.status)
+    status: str = _text(10, nullable=False)
+    lease_owner: str | None = _text(200, nullable=True)
+    lease_expires_at: datetime | None = _utc(nullable=True)
+    attempts: int = Field(nullable=False)
+    fetched: int = Field(nullable=False)
+    inserted: int = Field(nullable=False)
+    updated: int = Field(nullable=False)
+    unchanged: int = Field(nullable=False)
+    quarantined: int = Field(nullable=False)
+    run_id: int | None = _run_id()
+    error: str | None = Field(default=None, sa_type=Text, nullable=True)
+    updated_at: datetime = _utc(nullable=False)
 
-# One daemon replica syncs a source at a time. PostgreSQL uses session advisory locks; this
-# lease row is the portable fallback (SQLite), renewed while the run lasts.
-source_lock = Table(
-    "source_lock",
-    metadata,
-    Column("source", String(100), primary_key=True),
-    Column("owner", String(200), nullable=False),
-    Column("acquired_at", UtcDateTime(), nullable=False),
-    Column("expires_at", UtcDateTime(), nullable=False),
-)
+
+class SourceLockRow(StoreTable, table=True):
+    """One daemon replica syncs a source at a time. PostgreSQL uses session advisory locks;
+    this lease row is the portable fallback (SQLite), renewed while the run lasts."""
+
+    __tablename__ = "source_lock"
+
+    source: str = _text(100, nullable=False, primary_key=True)
+    owner: str = _text(200, nullable=False)
+    acquired_at: datetime = _utc(nullable=False)
+    expires_at: datetime = _utc(nullable=False)
+
+
+def _table_of(model: type[StoreTable]) -> Table:
+    """The Core table SQLAlchemy mapped `model` to (SQLModel's stubs do not declare it)."""
+    table = model.__dict__["__table__"]
+    assert isinstance(table, Table)
+    return table
+
+
+invoice = _table_of(InvoiceRow)
+invoice_item = _table_of(InvoiceItemRow)
+quarantine = _table_of(QuarantineRow)
+sync_state = _table_of(SyncStateRow)
+sync_run = _table_of(SyncRunRow)
+policy = _table_of(PolicyRow)
+patient_link = _table_of(PatientLinkRow)
+backfill_window = _table_of(BackfillWindowRow)
+source_lock = _table_of(SourceLockRow)

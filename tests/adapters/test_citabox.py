@@ -1,6 +1,7 @@
 """CitaBox adapter tests: the shared contract against the sandbox dialect, then what is
 CitaBox's own: login memberships and x-clinic-id, NestJS errors, and the one-array answer that
-must be stream-parsed, filtered on updatedAt, resumed by element count and retried mid-stream.
+must be stream-parsed, filtered on updatedAt, resumed by element count and retried mid-stream
+(by the core paginator and client; the array splitter's own tests are in test_paginate.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from adapters.citabox import (
     Adapter,
     CitaBoxLogin,
     Config,
-    JsonArraySplitter,
     describe_nestjs_error,
 )
 from connector.errors import AuthError, ContractError, RetriesExhausted
@@ -27,6 +27,7 @@ from connector.sandbox import SandboxOptions, SandboxServer
 from connector.sandbox.citabox import CLINICS, SANDBOX_EMAIL
 from connector.sources.adapter import FetchRequest, SourcePage
 from tests.contract import FAST_RETRIES, AdapterContract, collect
+from tests.test_retry_policy import captured_debug_logs
 
 PASSWORD = "s3cret-pw"
 CLINIC = CLINICS[0]["clinic_id"]
@@ -304,11 +305,15 @@ def test_a_connection_dropped_mid_stream_resumes_after_what_was_read() -> None:
     seen: list[httpx.Request] = []
     body = array_body(300, produced, fail_after=120)
     adapter = scripted_adapter(scripted_vendor(body, seen), page_size=40)
-    pages = collect(adapter)
+    with captured_debug_logs() as logs:
+        pages = collect(adapter)
     ids = [r["id"] for p in pages for r in p.records]
     assert ids == [f"inv-{i:05d}" for i in range(300)]
     assert adapter.client.stats.requests == 2
     assert adapter.client.stats.retries == 1
+    # Retried by the source client's policy, not by the adapter.
+    (retry,) = [e for e in logs if e["event"] == "http.retry"]
+    assert retry["source"] == "citabox" and "connection reset" in retry["error"]
     assert [r.url.path for r in seen] == ["/auth/login", "/billing/invoices", "/billing/invoices"]
 
 
@@ -445,73 +450,3 @@ def test_config_defaults() -> None:
 )
 def test_describe_nestjs_error(body: bytes, said: str | None) -> None:
     assert describe_nestjs_error(httpx.Response(400, content=body)) == said
-
-
-# -- the incremental array splitter -----------------------------------------------------------
-
-TRICKY = [
-    {"id": "1", "text": "brackets ] [ } { and , commas", "n": 12345},
-    {"id": "2", "text": 'escaped \\" quote and \\\\ backslash', "nested": {"a": [1, {"b": None}]}},
-    {"id": "3", "text": "colón ₡ 15.000,00 — ñandú 🦜"},
-    12345678901234567890,
-    -0.5,
-    "a string element",
-    [],
-    {},
-    None,
-    True,
-]
-
-
-def split(data: bytes, chunk: int) -> list[Any]:
-    splitter = JsonArraySplitter(max_element_chars=10_000, where="test")
-    out: list[Any] = []
-    for start in range(0, len(data), chunk):
-        out.extend(splitter.feed(data[start : start + chunk]))
-    out.extend(splitter.close())
-    return out
-
-
-@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, 100_000])
-def test_splitter_matches_a_whole_parse_at_any_chunking(chunk: int) -> None:
-    for text in (json.dumps(TRICKY), json.dumps(TRICKY, indent=3), " [ ] ", "[]"):
-        data = text.encode()
-        assert split(data, chunk) == json.loads(data)
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (b'{"data": []}', "expected a JSON array"),
-        (b"[1, 2", "ended early"),
-        (b"[1 2]", "between elements"),
-        (b"[1,]", "invalid JSON"),
-        (b"[1] [2]", "data after the array"),
-        (b"", "ended early"),
-        (b"[\xff]", "not UTF-8"),
-    ],
-)
-def test_splitter_rejects_what_is_not_one_array(data: bytes, message: str) -> None:
-    with pytest.raises(ContractError, match=message):
-        split(data, 1)
-
-
-def test_splitter_refuses_an_oversized_element() -> None:
-    splitter = JsonArraySplitter(max_element_chars=100, where="GET billing/invoices")
-    with pytest.raises(ContractError, match="still not valid JSON after 100 characters"):
-        splitter.feed(b'[{"notes": "' + b"x" * 500)
-
-
-def test_splitter_reports_an_invalid_element_mid_stream_within_the_bound() -> None:
-    splitter = JsonArraySplitter(max_element_chars=100, where="GET billing/invoices")
-    assert splitter.feed(b'[{"id": 1}, {"id": oops}') == [{"id": 1}]
-    with pytest.raises(ContractError, match="Expecting value"):
-        splitter.feed(b", " + b'{"id": 2}, ' * 20)
-
-
-def test_splitter_holds_only_the_element_in_progress() -> None:
-    splitter = JsonArraySplitter(max_element_chars=10_000, where="test")
-    elements = splitter.feed(b'[{"id": 1}, {"id": 2}, {"id"')
-    assert elements == [{"id": 1}, {"id": 2}]
-    assert splitter._buffer == '{"id"'
-    assert splitter.feed(b": 3}]") + splitter.close() == [{"id": 3}]

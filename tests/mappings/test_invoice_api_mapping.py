@@ -23,6 +23,7 @@ from connector.pipeline.validation import validate_invoice
 from mappings.invoice_api import MAPPING, STATUS_MAP, allocate
 
 ONE = Decimal(1)
+ZERO = Decimal(0)
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "invoice_api"
 # Department words the rules engine will own; the test stands in for it.
 DEPARTMENTS = {
@@ -270,6 +271,17 @@ def test_invoice_discount_amount_folds_every_line_and_reconciles() -> None:
         (ONE, Decimal("46.88"), Decimal("46.88")),
     ]
     assert sum(i.total for i in invoice.items) == invoice.total_amount
+
+
+def test_a_line_with_no_share_of_the_invoice_discount_still_says_why_it_is_folded() -> None:
+    """The one description format (docs/sources.md): every adjustment that folds a line is
+    shown, a zero share too (before the fold rule was shared, such a line showed none)."""
+    raw = fixture("invoice_discount_amount")
+    # First: the last line takes the rounding remainder.
+    raw["items"].insert(0, {"name": "Courtesy Check", "quantity": 1, "unit_price": 0, "total": 0})
+    courtesy = canonical(raw).items[0]
+    assert (courtesy.quantity, courtesy.unit_price, courtesy.total) == (ONE, ZERO, ZERO)
+    assert courtesy.description == "Courtesy Check (1 × 0.00, less 0.00 invoice discount)"
 
 
 def test_discount_amount_wins_over_percent() -> None:

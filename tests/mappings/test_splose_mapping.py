@@ -302,7 +302,8 @@ def test_categorize_gets_the_code_or_else_the_type() -> None:
 
 
 def test_no_items_or_null_items_give_no_items() -> None:
-    for items in ([], None):
+    no_items: tuple[list[Any] | None, ...] = ([], None)
+    for items in no_items:
         invoice = MAPPING.to_canonical(mixed(invoiceItems=items), context())
         assert invoice.items == ()
         assert Reason.NO_ITEMS in {i.code for i in validate_invoice(invoice)}

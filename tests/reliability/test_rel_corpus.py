@@ -118,8 +118,8 @@ def test_every_corpus_kind_is_quarantined_stored_or_a_clear_page_error(
                 assert isinstance(record, dict)
                 if record["id"] not in stored or record["id"] in by_key:
                     held = by_key.get(record["id"])
-                    codes = sorted({i.code.value for i in held.issues}) if held else "nothing"
-                    wrong.append(f"{kind.name}: expected stored, got {codes}")
+                    held_codes = sorted({i.code.value for i in held.issues}) if held else "nothing"
+                    wrong.append(f"{kind.name}: expected stored, got {held_codes}")
                 outcomes[kind.name] = "stored"
                 continue
             key = kind.key if kind.key is not None else record["id"]
@@ -140,14 +140,14 @@ def test_every_corpus_kind_is_quarantined_stored_or_a_clear_page_error(
         (duplicate,) = [i for i in store.iter_invoices("records") if i.id == "R39"]
         assert duplicate.facility == "CFB Medical Hospital"
 
-        for kind in PAGE_KINDS:
-            name = f"page-{kind.name.replace('_', '-')}"
+        for page_kind in PAGE_KINDS:
+            name = f"page-{page_kind.name.replace('_', '-')}"
             result = results[name]
-            assert not result.ok, f"{kind.name}: a broken page was accepted"
-            assert kind.error in str(result.error), f"{kind.name}: {result.error}"
+            assert not result.ok, f"{page_kind.name}: a broken page was accepted"
+            assert page_kind.error in str(result.error), f"{page_kind.name}: {result.error}"
             assert "internal error" not in str(result.error)
             assert store.count_invoices(name) == 0
-            outcomes[kind.name] = f"source failed: {result.error}"
+            outcomes[page_kind.name] = f"source failed: {result.error}"
     print("\n" + "\n".join(f"{name}: {outcome[:150]}" for name, outcome in outcomes.items()))
     assert len(RECORD_KINDS) + len(PAGE_KINDS) >= 30
 

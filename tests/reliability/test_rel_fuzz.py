@@ -99,9 +99,9 @@ def mutate(payload: Any, data: st.DataObject) -> Any:
         return copy
     if isinstance(payload, list) and payload:
         index = data.draw(st.integers(0, len(payload) - 1))
-        copy = list(payload)
-        copy[index] = mutate(copy[index], data)
-        return copy
+        elements = list(payload)
+        elements[index] = mutate(elements[index], data)
+        return elements
     return data.draw(json_like)
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sandbox_helpers import admin_for, client_for, exact_json
 
 from connector.sandbox import SandboxServer, item_total
 from connector.sandbox._dataset import SandboxInvoice
+from tests.sandbox.sandbox_helpers import admin_for, client_for, exact_json
 
 DIALECT = "meditrak"
 STATUS_WORDS = {"draft", "submitted", "approved", "rejected", "paid"}

@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
-from sandbox_helpers import admin_for, client_for, exact_json
 
 from connector.sandbox import SandboxServer, item_total
+from tests.sandbox.sandbox_helpers import admin_for, client_for, exact_json
 
 DIALECT = "meditrak_import"
 RECORD_KEYS = {

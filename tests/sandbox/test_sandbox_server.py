@@ -17,15 +17,28 @@ from typing import Any
 
 import httpx
 import pytest
-from sandbox_helpers import admin_for, client_for
 
-from connector.sandbox import DIALECTS, SandboxOptions, SandboxServer, load_dialect
+from connector.sandbox import (
+    SandboxOptions,
+    SandboxServer,
+    available_dialects,
+    load_dialect,
+    port_offset,
+)
+from tests.sandbox.sandbox_helpers import admin_for, client_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_registry_is_lazy_and_resolves_classes() -> None:
-    assert {"meditrak", "meditrak_import"} <= set(DIALECTS)
+def test_dialects_are_found_from_the_vendor_manifests() -> None:
+    assert set(available_dialects()) == {
+        "meditrak",
+        "meditrak_import",
+        "splose",
+        "bio_ecko",
+        "citabox",
+        "invoice_api",
+    }
     cls = load_dialect("meditrak")
     assert cls.name == "meditrak" and cls.api_root == "/api/v1/"
     with pytest.raises(KeyError, match="unknown sandbox dialect"):
@@ -60,10 +73,21 @@ def _free_port_block(size: int) -> int:
     pytest.skip("no free port block")
 
 
-def test_fixed_base_port_follows_registry_order(make_sandbox: Any) -> None:
-    base = _free_port_block(len(DIALECTS))
-    server = make_sandbox(base_port=base, dialects=("meditrak_import",))
-    assert server.port("meditrak_import") == base + list(DIALECTS).index("meditrak_import")
+def test_fixed_base_port_adds_each_manifests_port_offset(make_sandbox: Any) -> None:
+    # The ports operators and docs know: they must not move when a vendor is added.
+    offsets = {name: port_offset(name) for name in available_dialects()}
+    assert offsets == {
+        "meditrak": 0,
+        "meditrak_import": 1,
+        "splose": 2,
+        "bio_ecko": 3,
+        "citabox": 4,
+        "invoice_api": 5,
+    }
+    base = _free_port_block(len(offsets))
+    server = make_sandbox(base_port=base, dialects=("meditrak_import", "invoice_api"))
+    assert server.port("meditrak_import") == base + 1
+    assert server.port("invoice_api") == base + 5
 
 
 def test_stop_is_clean_and_idempotent() -> None:
@@ -158,7 +182,7 @@ def test_stats_count_requests_and_concurrency(make_sandbox: Any) -> None:
     with client_for(server, "meditrak") as api:
 
         def fetch(page: int) -> int:
-            return api.get("invoices/", params={"page": page, "limit": 5}).status_code
+            return int(api.get("invoices/", params={"page": page, "limit": 5}).status_code)
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             assert set(pool.map(fetch, range(1, 9))) == {200}
@@ -279,7 +303,7 @@ def test_serve_forever_runs_until_sigterm() -> None:
         try:
             assert proc.stdout is not None
             urls = json.loads(proc.stdout.readline())
-            assert set(urls) == set(DIALECTS)
+            assert set(urls) == set(available_dialects())
             response = httpx.get(
                 urls["meditrak"] + "invoices/",
                 headers={"Authorization": "Bearer sandbox-meditrak-key"},

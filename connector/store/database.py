@@ -1,0 +1,183 @@
+"""Opening the store's database: the engine and its SQLite tuning, migrations, and the one
+public way to write (`Database.transaction()`), which every store module uses.
+
+A write transaction is serialised per process (batches of concurrent sources queue on a lock
+instead of contending for SQLite's single write lock), starts with `BEGIN IMMEDIATE` on SQLite
+(the write lock is taken up front, so a writer waits `busy_timeout` rather than failing midway)
+and turns every database failure into a `StoreError` after rolling back.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from connector.errors import StoreError
+
+# SQLite allows 32766 bound parameters; keep IN lists far below that.
+IN_CHUNK = 500
+# Execution option marking a connection whose transactions write (SQLite: BEGIN IMMEDIATE).
+_WRITE_OPTION = "connector_write"
+T = TypeVar("T")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def chunks(items: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    """`items` in slices of `size`: IN lists short enough for every backend's bind limit."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def sqlite_url_for(path: str | os.PathLike[str]) -> str:
+    return f"sqlite:///{Path(path)}"
+
+
+def _prepare_sqlite_file(url: str) -> None:
+    """Create the SQLite file owner-only before SQLite creates it with the umask."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's begin() emit BEGIN IMMEDIATE: a write transaction takes the write
+        # lock up front, so concurrent writers wait (busy_timeout) instead of failing mid-way.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # Only write transactions take the lock up front: a read that did so would block every
+        # writer, and a second read beside it (export streams invoices while it looks up their
+        # items on another connection) would wait for itself until busy_timeout. Deferred reads
+        # see a consistent snapshot under WAL without blocking anyone.
+        write = connection.get_execution_options().get(_WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def describe_store_failure(exc: SQLAlchemyError) -> str:
+    """A failed write as the operator reads it, with a hint where the cause is the disk."""
+    detail = str(getattr(exc, "orig", exc)) or exc.__class__.__name__
+    hint = ""
+    lowered = detail.lower()
+    if isinstance(exc, OperationalError) and (
+        "full" in lowered or "readonly" in lowered or "read-only" in lowered
+    ):
+        hint = " (check free disk space and that the database file is writable)"
+    return f"store write failed, nothing of this batch was kept: {detail}{hint}"
+
+
+class Database:
+    """The connection side of the store: engine, migrations and write transactions.
+
+    `Store` builds on it; the store's other modules (policies, quarantine operations, leases)
+    write through `transaction()` and read through `engine.connect()`.
+    """
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            try:
+                _prepare_sqlite_file(url)
+            except OSError as exc:
+                # A StoreError, so that the CLI reports it instead of a traceback.
+                raise StoreError(f"cannot create the store file for {url}: {exc}") from exc
+        try:
+            self.engine = create_engine(url, future=True, pool_pre_ping=not self.is_sqlite)
+        except (SQLAlchemyError, ValueError) as exc:
+            raise StoreError(
+                f"cannot open store {make_url(url).render_as_string()}: {exc}"
+            ) from exc
+        if self.is_sqlite:
+            _tune_sqlite(self.engine)
+        # One writer at a time within a process: batches from concurrent sources queue here
+        # rather than contending for SQLite's single write lock.
+        self._write_lock = threading.Lock()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        if migrate:
+            self.migrate()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent)."""
+        alembic_cfg = AlembicConfig()
+        alembic_cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+        try:
+            with self.engine.connect() as connection:
+                connection.execution_options(**{_WRITE_OPTION: True})
+                with connection.begin():
+                    if self.dialect == "postgresql":
+                        # Replicas starting together must not run the migrations twice.
+                        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7236460019)")
+                    alembic_cfg.attributes["connection"] = connection
+                    command.upgrade(alembic_cfg, "head")
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot migrate the store: {exc.__class__.__name__}: {exc}") from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One write transaction: committed when the block ends, rolled back if it raises.
+
+        Serialised with every other write transaction of this process, and on SQLite begun
+        with `BEGIN IMMEDIATE`. A database failure (at any statement or at commit) surfaces
+        as `StoreError` once rolled back; other exceptions roll back and pass through.
+        """
+        with self._write_lock:
+            try:
+                conn = self.engine.connect()
+            except SQLAlchemyError as exc:
+                raise StoreError(describe_store_failure(exc)) from exc
+            try:
+                try:
+                    conn.execution_options(**{_WRITE_OPTION: True})
+                    conn.begin()
+                except SQLAlchemyError as exc:
+                    raise StoreError(describe_store_failure(exc)) from exc
+                try:
+                    yield conn
+                except SQLAlchemyError as exc:
+                    conn.rollback()
+                    raise StoreError(describe_store_failure(exc)) from exc
+                except BaseException:
+                    conn.rollback()
+                    raise
+                try:
+                    conn.commit()
+                except SQLAlchemyError as exc:
+                    conn.rollback()
+                    raise StoreError(describe_store_failure(exc)) from exc
+            finally:
+                conn.close()
