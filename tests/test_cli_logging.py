@@ -11,6 +11,7 @@ from pathlib import Path
 from connector.config import build_config
 from connector.sandbox import SandboxOptions, SandboxServer
 from tests.conftest import FAST_HTTP, seed_registry, sources_for, write_config
+from tests.test_logging import older_store
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -25,6 +26,8 @@ def test_a_debug_sync_writes_only_json_lines_with_library_records_and_no_secret(
         config = write_config(tmp_path / "c.yaml", document)
         built = build_config(document, env={})
         seed_registry(server, built.store.sqlalchemy_url())
+        # A store one migration behind, so that opening it runs (and logs) Alembic.
+        older_store(built.store.sqlalchemy_url())
         done = connector("--config", str(config), "--log-level", "debug", "sync")
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]

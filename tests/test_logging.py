@@ -15,9 +15,13 @@ from typing import Any
 
 import pytest
 import structlog
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import create_engine
 
 from connector.logging import bound_run, configure_logging, register_secrets
 from connector.store import Store
+from connector.store.database import current_revision, run_migrations
 from connector.store.store import sqlite_url_for
 
 SECRET = "sk-live-7Hq2ZpX9wLmN4vB"
@@ -41,6 +45,21 @@ def restore_logging() -> Iterator[None]:
         logging.getLogger(name).setLevel(project_level)
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
+
+
+def older_store(url: str) -> None:
+    """The store at `url` (new or current) made one migration behind: at 0002, the newest but
+    one, so that the next open runs Alembic."""
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        if current_revision(connection) is None:
+            run_migrations(connection, "0002")
+        else:
+            config = AlembicConfig()
+            config.set_main_option("script_location", "connector/store/migrations")
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0002")
+    engine.dispose()
 
 
 def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
@@ -129,9 +148,12 @@ def test_configuring_again_replaces_the_handler_instead_of_doubling_lines() -> N
 
 
 def test_alembic_lines_of_a_store_migration_are_json(tmp_path: Path) -> None:
+    url = sqlite_url_for(tmp_path / "store.db")
+    # A store one migration behind: opening it runs Alembic (a new one is made from the models).
+    older_store(url)
     stream = io.StringIO()
     configure_logging("debug", "auto", stream=stream)
-    with Store(sqlite_url_for(tmp_path / "store.db")):
+    with Store(url):
         pass
     lines = json_lines(stream)
     upgrades = [

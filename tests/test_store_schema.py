@@ -1,6 +1,7 @@
 """The SQLModel table models (`connector/store/schema.py`) say exactly what migrations 0001-0003
-create, on SQLite and PostgreSQL: Alembic autogenerate, comparing a freshly migrated database
-with the models, finds nothing to do.
+create, on SQLite and PostgreSQL: Alembic autogenerate, comparing a database migrated by
+Alembic's own upgrade with the models, finds nothing to do. (A new store is created from the
+models directly, `connector/store/database.py`: this equality is what makes that safe.)
 
 Compared (autogenerate with `compare_type` and `compare_server_default`): tables, columns,
 column types (length, NUMERIC precision/scale and TIMESTAMP time zone on PostgreSQL), NULL-ability,
@@ -14,15 +15,17 @@ not a schema change there) and has no time zone in DATETIME. Client-side default
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import DateTime, Index, MetaData, String, inspect
+from sqlalchemy import DateTime, Index, MetaData, String, create_engine, inspect
 from sqlmodel import SQLModel
 
 from connector.store import Store
+from connector.store.database import run_migrations
 from connector.store.schema import ExactDecimal, metadata
 
 TABLES = {
@@ -36,6 +39,17 @@ TABLES = {
     "backfill_window",
     "source_lock",
 }
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """A store whose schema Alembic's migrations made, step by step (not the models)."""
+    engine = create_engine(store_url)
+    with engine.begin() as connection:
+        run_migrations(connection)
+    engine.dispose()
+    with Store(store_url) as opened:
+        yield opened
 
 
 def differences(store: Store, target: MetaData) -> list[Any]:
