@@ -14,19 +14,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
-from connector.mapping.kit import (
-    IsoDate,
-    MappingContext,
-    Money,
-    OptionalText,
-    Quantity,
-    SourceMapping,
-    Text,
-    Timestamp,
-    id_field,
-    parse_payload,
-)
+from connector.mapping.kit import MappingContext, SourceMapping, id_field, parse_payload
 from connector.mapping.lines import added_tax, discount, vendor_line
+from connector.mapping.types import IsoDate, Money, OptionalText, Quantity, Text, Timestamp
 from connector.model import Invoice, InvoiceStatus, LineItem, Patient
 
 ZERO = Decimal("0.00")

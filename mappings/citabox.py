@@ -12,17 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connector.mapping.kit import (
-    Cents,
-    MappingContext,
-    OptionalText,
-    SourceMapping,
-    Text,
-    Timestamp,
-    id_field,
-    parse_payload,
-)
+from connector.mapping.kit import MappingContext, SourceMapping, id_field, parse_payload
 from connector.mapping.lines import line_item
+from connector.mapping.types import Cents, OptionalText, Text, Timestamp
 from connector.model import Invoice, InvoiceStatus, LineItem, Patient
 
 

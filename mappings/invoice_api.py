@@ -30,17 +30,12 @@ from pydantic_core import PydanticCustomError
 from connector.mapping.kit import (
     PATIENT_LOOKUP_KEY,
     MappingContext,
-    Money,
-    OptionalText,
-    Quantity,
     SourceMapping,
-    Text,
-    Timestamp,
     id_field,
-    parse_decimal,
     parse_payload,
 )
 from connector.mapping.lines import discount, invoice_discount_share, percent_of, vendor_line
+from connector.mapping.types import Money, OptionalText, Quantity, Text, Timestamp, parse_decimal
 from connector.model import Invoice, InvoiceStatus, LineItem, Patient, to_cents
 
 ZERO = Decimal("0.00")

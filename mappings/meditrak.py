@@ -11,17 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connector.mapping.kit import (
-    IsoDate,
-    MappingContext,
-    Money,
-    OptionalText,
-    SourceMapping,
-    Text,
-    Timestamp,
-    id_field,
-    parse_payload,
-)
+from connector.mapping.kit import MappingContext, SourceMapping, id_field, parse_payload
+from connector.mapping.types import IsoDate, Money, OptionalText, Text, Timestamp
 from connector.model import Invoice, InvoiceStatus
 from mappings import meditrak_import
 from mappings.meditrak_import import ItemPayload, PatientPayload, invoice_from_record

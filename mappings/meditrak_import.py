@@ -10,26 +10,23 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from connector.mapping.kit import (
+from connector.mapping.kit import MappingContext, SourceMapping, id_field, parse_payload
+from connector.mapping.lines import line_item
+from connector.mapping.types import (
     IsoDate,
-    MappingContext,
     Money,
     OptionalText,
     Quantity,
-    SourceMapping,
     Text,
     Timestamp,
-    _iso_date,
-    _money,
-    _optional_text,
-    _quantity,
-    _text,
-    _timestamp,
-    id_field,
-    parse_payload,
+    parse_iso_date,
+    parse_money,
+    parse_optional_text,
+    parse_quantity,
+    parse_text,
+    parse_timestamp,
     to_utc,
 )
-from connector.mapping.lines import line_item
 from connector.model import Invoice, InvoiceStatus, LineItem, Patient
 
 
@@ -178,24 +175,24 @@ def _parse_plain(raw: Any, ctx: MappingContext) -> Invoice | None:
     try:
         values = [
             (
-                _optional_text(item.get("category")),
-                _optional_text(item.get("description")),
-                _quantity(item.get("quantity")),
-                _money(item.get("unit_price")),
-                _money(item.get("total")),
+                parse_optional_text(item.get("category")),
+                parse_optional_text(item.get("description")),
+                parse_quantity(item.get("quantity")),
+                parse_money(item.get("unit_price")),
+                parse_money(item.get("total")),
             )
             for item in raw_items
         ]
-        record_id = _text(raw.get("id"))
-        invoice_number = _text(raw.get("invoice_number"))
-        invoice_date = _iso_date(raw.get("invoice_date"))
-        total_amount = _money(raw.get("total_amount"))
-        currency = _optional_text(raw.get("currency"))
-        status = _text(raw.get("status"))
-        facility = _optional_text(raw.get("facility"))
-        patient_name = _text(patient.get("name"))
-        policy_number = _optional_text(patient.get("policy_number"))
-        updated_at = None if updated is None else _timestamp(updated)
+        record_id = parse_text(raw.get("id"))
+        invoice_number = parse_text(raw.get("invoice_number"))
+        invoice_date = parse_iso_date(raw.get("invoice_date"))
+        total_amount = parse_money(raw.get("total_amount"))
+        currency = parse_optional_text(raw.get("currency"))
+        status = parse_text(raw.get("status"))
+        facility = parse_optional_text(raw.get("facility"))
+        patient_name = parse_text(patient.get("name"))
+        policy_number = parse_optional_text(patient.get("policy_number"))
+        updated_at = None if updated is None else parse_timestamp(updated)
     except Exception:  # any failing field: the models decide
         return None
     items = tuple(line_item(ctx, *item) for item in values)

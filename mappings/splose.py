@@ -28,18 +28,20 @@ from pydantic_core import PydanticCustomError
 from connector.mapping.kit import (
     PATIENT_LOOKUP_KEY,
     MappingContext,
+    SourceMapping,
+    id_field,
+    parse_payload,
+)
+from connector.mapping.lines import added_tax, discount, percent_of, vendor_line
+from connector.mapping.types import (
     Money,
     OptionalText,
     Quantity,
-    SourceMapping,
     Text,
     Timestamp,
-    id_field,
     parse_decimal,
-    parse_payload,
     to_utc,
 )
-from connector.mapping.lines import added_tax, discount, percent_of, vendor_line
 from connector.model import Invoice, InvoiceStatus, LineItem, Patient, to_cents
 
 # Splose's three documented words. A Draft is not yet billable; "Awaiting Payment" is issued.

@@ -14,22 +14,24 @@ from pydantic import BaseModel, ValidationError
 from connector.errors import RecordError
 from connector.issues import Reason
 from connector.mapping.kit import (
-    Cents,
-    DateOrTimestamp,
-    IsoDate,
     MappingContext,
-    Money,
-    OptionalText,
-    Quantity,
-    SignedMoney,
-    Text,
-    Timestamp,
     build_status_map,
     exact_category,
     id_field,
     issues_from_validation_error,
     parse_payload,
     record_path,
+)
+from connector.mapping.types import (
+    Cents,
+    DateOrTimestamp,
+    IsoDate,
+    Money,
+    OptionalText,
+    Quantity,
+    SignedMoney,
+    Text,
+    Timestamp,
     to_utc,
 )
 from connector.model import Category, InvoiceStatus

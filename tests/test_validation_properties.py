@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connector.issues import Issue, Reason, errors_only
-from connector.mapping.kit import MAX_AMOUNT
+from connector.mapping.types import MAX_AMOUNT
 from connector.model import Category, ImportRecord, Invoice, InvoiceStatus, LineItem, Patient
 from connector.pipeline.categories import FALLBACK_RULE, fallback_warnings, load_rule_set
 from connector.pipeline.validation import normalized, validate_invoice

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import NamedTuple
 
-from connector.mapping.kit import CategoryMatch, MappingContext, more_places_than
+from connector.mapping.kit import CategoryMatch, MappingContext
+from connector.mapping.types import more_places_than
 from connector.model import CENT, LineItem, plain_quantity, to_cents
 
 _ONE = Decimal(1)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from connector.issues import Issue, Reason
-from connector.mapping.kit import MAX_AMOUNT, more_places_than
+from connector.mapping.types import MAX_AMOUNT, more_places_than
 from connector.model import QUANTITY_PLACES, Invoice, LineItem, plain_quantity, to_cents
 
 PolicyCheck = Callable[[Invoice], list[Issue]]

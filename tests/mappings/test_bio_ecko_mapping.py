@@ -377,12 +377,12 @@ def test_a_record_that_is_not_an_object_is_a_payload_error(raw: Any) -> None:
 
 # -- the fold rule as a property -----------------------------------------------------------
 
-_cents = st.integers(min_value=0, max_value=5_000_000).map(lambda c: Decimal(c).scaleb(-2))
+parse_cents = st.integers(min_value=0, max_value=5_000_000).map(lambda c: Decimal(c).scaleb(-2))
 
 
 @given(
     quantity=st.integers(min_value=1, max_value=20),
-    rate=_cents,
+    rate=parse_cents,
     discount_share=st.integers(min_value=0, max_value=100),
     tax_percent=st.sampled_from([0, 5, 12, 18, 28]),
 )
