@@ -154,3 +154,32 @@ def test_imports_point_only_down_the_layers() -> None:
             if there[0] < here[0] or (there[0] == here[0] and there[1] != here[1]):
                 wrong.append(f"{module} -> {target}")
     assert wrong == [], "\n".join(sorted(wrong))
+
+
+MAX_MODULE_LINES = 700
+
+
+def test_no_module_is_over_700_lines() -> None:
+    """Big mixed modules were split by job (validate, store, CLI): keep them that way."""
+    sizes = {
+        name: len(path.read_text(encoding="utf-8").splitlines())
+        for name, path in project_modules().items()
+    }
+    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+
+
+def test_no_project_module_is_treated_as_optional() -> None:
+    """The project's own modules are imported, never probed: a missing one is a broken
+    install that must fail loudly, not a feature quietly switched off."""
+    probing = []
+    for name, path in project_modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr == "find_spec":
+                probing.append(f"{name}: find_spec")
+            if (
+                isinstance(node, ast.ExceptHandler)
+                and isinstance(node.type, ast.Name)
+                and node.type.id in ("ImportError", "ModuleNotFoundError")
+            ):
+                probing.append(f"{name}: except {node.type.id}")
+    assert probing == []
