@@ -26,6 +26,7 @@ import yaml
 from hypothesis import HealthCheck, settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from typer.testing import CliRunner, Result
 
 from connector.cli.demo import sandbox_sources
 from connector.config import AppConfig
@@ -154,6 +155,13 @@ def run_connector(
         timeout=timeout,
         check=False,
     )
+
+
+def invoke_cli(config: Path, *args: str) -> Result:
+    """A `connector` command run in-process (typer's runner) against the config at `config`."""
+    from connector.cli.app import get_app  # the command tree, built when first asked for
+
+    return CliRunner().invoke(get_app(), ["-c", str(config), "--log-level", "error", *args])
 
 
 @pytest.fixture

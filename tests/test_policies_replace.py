@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 from sqlalchemy import select
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from connector.cli.app import get_app
 from connector.cli.demo import sandbox_sources
 from connector.cli.sandbox import sandbox_registry
 from connector.config import load_config
@@ -45,6 +44,7 @@ from connector.store import Store
 from connector.store.policies import import_links, import_policies, list_policies, load_registry
 from connector.store.schema import policy
 from connector.store.store import sqlite_url_for
+from tests.conftest import invoke_cli
 
 HEADER = ",".join(REGISTRY_COLUMNS) + "\n"
 FAST_HTTP = {"max_retries": 1, "backoff_base": "10ms", "backoff_max": "50ms", "timeout": "10s"}
@@ -210,8 +210,7 @@ def cli_config(tmp_path: Path) -> Path:
     return config
 
 
-def invoke(config: Path, *args: str) -> Result:
-    return CliRunner().invoke(get_app(), ["-c", str(config), "--log-level", "error", *args])
+invoke = invoke_cli
 
 
 def said(result: Result) -> str:

@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from connector.cli.app import get_app
 from connector.cli.quarantine import reason_codes_markdown
 from connector.config import AppConfig, build_config
 from connector.issues import REASON_HELP, Issue, Reason
@@ -24,6 +22,7 @@ from connector.store import Rejected, Store
 from connector.store.coordination import source_lock
 from connector.store.policies import import_policies
 from connector.store.store import sqlite_url_for
+from tests.conftest import invoke_cli
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reason-codes.md"
 
@@ -109,8 +108,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Path, AppConfig, Store]]:
         yield config_path, config, store
 
 
-def run_cli(config: Path, *args: str) -> Any:
-    return CliRunner().invoke(get_app(), ["-c", str(config), "--log-level", "error", *args])
+run_cli = invoke_cli
 
 
 def test_quarantine_list_text_and_json_with_filters(

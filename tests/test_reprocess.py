@@ -18,9 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from connector.cli.app import get_app
 from connector.cli.demo import sandbox_sources
 from connector.cli.sandbox import sandbox_registry
 from connector.config import AppConfig, load_config
@@ -28,6 +26,7 @@ from connector.issues import Reason
 from connector.pipeline.wiring import build_engine
 from connector.sandbox import EXPECTED_REASON, SandboxOptions, SandboxServer
 from connector.store import Store
+from tests.conftest import invoke_cli
 
 ALL_KINDS = tuple(EXPECTED_REASON)
 FAST_HTTP = {"max_retries": 2, "backoff_base": "10ms", "backoff_max": "50ms", "timeout": "10s"}
@@ -56,7 +55,7 @@ def write_config(server: SandboxServer, names: list[str], directory: Path) -> Pa
 
 
 def cli(config: Path, *args: str) -> str:
-    result = CliRunner().invoke(get_app(), ["-c", str(config), "--log-level", "error", *args])
+    result = invoke_cli(config, *args)
     assert result.exit_code == 0, result.output
     return result.output
 
