@@ -18,8 +18,9 @@ from connector.errors import AuthError, ContractError
 from connector.settings import SourceConfig
 from connector.sources.adapter import FetchRequest, ListDetailAdapter
 from connector.sources.auth import OAuth2ClientCredentials, Token
+from connector.sources.bodies import describe_json_error
 from connector.sources.discovery import VendorManifest
-from connector.sources.http import ErrorDescriber, describe_json_error
+from connector.sources.http import ErrorDescriber
 from connector.sources.paginate import IndexedPaginator, Paginator, dig
 
 # What the invoice endpoints need; a token granted without it is useless to the importer.

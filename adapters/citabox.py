@@ -24,8 +24,9 @@ from connector.settings import SourceConfig
 from connector.sources.adapter import Adapter as BaseAdapter
 from connector.sources.adapter import FetchRequest, SourcePage
 from connector.sources.auth import Token, TokenAuth
+from connector.sources.bodies import describe_json_error
 from connector.sources.discovery import VendorManifest
-from connector.sources.http import ErrorDescriber, describe_json_error
+from connector.sources.http import ErrorDescriber
 from connector.sources.paginate import SingleArrayPaginator
 
 LOGIN_PATH = "auth/login"

@@ -20,12 +20,8 @@ import httpx
 
 from connector.issues import Issue, Reason
 from connector.settings import SourceConfig
-from connector.sources.http import (
-    ErrorDescriber,
-    RecordUnavailable,
-    SourceClient,
-    describe_json_error,
-)
+from connector.sources.bodies import describe_json_error
+from connector.sources.http import ErrorDescriber, RecordUnavailable, SourceClient
 from connector.sources.paginate import ListPage, Paginator, Position
 
 T = TypeVar("T")

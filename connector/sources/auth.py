@@ -18,7 +18,8 @@ import orjson
 from pydantic import SecretStr
 
 from connector.errors import AuthError, RetriableError
-from connector.sources.http import RETRIABLE_STATUS, describe_json_error, retry_after_seconds
+from connector.sources.bodies import describe_json_error
+from connector.sources.http import RETRIABLE_STATUS, retry_after_seconds
 
 # Refresh this long before the announced expiry, so a token never dies mid-request.
 EXPIRY_MARGIN_S = 60.0

@@ -12,7 +12,6 @@ skip (`RecordUnavailable`).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import ssl
 import time
@@ -25,7 +24,6 @@ from functools import lru_cache, partial
 from typing import Any, Protocol
 
 import httpx
-import orjson
 import structlog
 from aiohttp import ClientSession
 from httpx_aiohttp import AiohttpTransport
@@ -38,6 +36,7 @@ from connector.errors import (
 )
 from connector.issues import Reason
 from connector.settings import HttpSettings
+from connector.sources.bodies import decode_json, describe_json_error
 from connector.sources.retry import RETRIED, RetryPolicy
 
 log = structlog.get_logger("connector.sources.http")
@@ -195,34 +194,6 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
 
 
 ErrorDescriber = Callable[[httpx.Response], str | None]
-
-
-def describe_json_error(response: httpx.Response) -> str | None:
-    """A vendor's own error message from common JSON error bodies (MediTrak, NestJS, FastAPI)."""
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(body, dict):
-        return None
-    parts = []
-    for key in ("code", "error", "message", "detail", "error_description"):
-        value = body.get(key)
-        if isinstance(value, str | int) and str(value):
-            parts.append(str(value))
-        elif isinstance(value, list) and value:
-            parts.append("; ".join(_error_entry(v) for v in value[:5]))
-    return " - ".join(dict.fromkeys(parts))[:300] or None
-
-
-def _error_entry(entry: Any) -> str:
-    """One entry of a list of errors; validation errors name location and message only (some
-    frameworks echo the rejected input, which may be a password)."""
-    if isinstance(entry, dict):
-        loc = ".".join(str(p) for p in entry.get("loc", []) if p != "body")
-        msg = str(entry.get("msg") or entry.get("message") or "invalid")
-        return f"{loc}: {msg}" if loc else msg
-    return str(entry)
 
 
 @dataclass
@@ -618,28 +589,6 @@ def describe_transport_error(error: BaseException | None) -> str:
     }.get(cause, kind)
     text = str(error) or error.__class__.__name__
     return f"{kind}: {text}" if kind else text
-
-
-def decode_json(response: httpx.Response) -> Any:
-    try:
-        return orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        pass
-    # orjson refuses valid JSON it cannot represent (integers beyond 64 bits): one record
-    # with a 400-digit amount must be quarantined, not make its whole page unreadable.
-    try:
-        return json.loads(response.content, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError):
-        kind = response.headers.get("Content-Type", "no content type")
-        start = response.content[:60].decode("utf-8", "replace").replace("\n", " ")
-        raise ContractError(
-            f"{response.request.method} {response.request.url.path} answered non-JSON "
-            f"({kind}, {len(response.content)} bytes, starting {start!r})"
-        ) from None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _path(url: str) -> str:

@@ -21,7 +21,7 @@ import mappings
 from connector.errors import ContractError
 from connector.mapping.kit import SourceMapping
 from connector.pipeline.engine import RecordProcessor
-from connector.sources.http import decode_json
+from connector.sources.bodies import decode_json
 from connector.sources.paginate import records_at, total_at
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
