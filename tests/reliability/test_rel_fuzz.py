@@ -1,6 +1,6 @@
 """Property tests: every vendor mapping, fed arbitrary JSON-like values and mutations of its own
 fixture payloads through `engine.RecordProcessor`, only ever accepts or rejects with issues;
-the JSON page parsing (`paginate.records_at` / `total_at`, `http.decode_json`) only ever
+the JSON page parsing (`paginate.records_at` / `total_at`, `bodies.decode_json`) only ever
 returns data or raises `ContractError`."""
 
 from __future__ import annotations
