@@ -18,7 +18,7 @@ from connector.errors import AuthError, ContractError
 from connector.settings import SourceConfig
 from connector.sources.adapter import FetchRequest, ListDetailAdapter
 from connector.sources.auth import OAuth2ClientCredentials, Token
-from connector.sources.bodies import describe_json_error
+from connector.sources.bodies import describe_json_error, safe_vendor_text
 from connector.sources.discovery import VendorManifest
 from connector.sources.http import ErrorDescriber
 from connector.sources.paginate import IndexedPaginator, Paginator, dig
@@ -61,8 +61,9 @@ def describe_bio_ecko_error(response: httpx.Response) -> str | None:
         return None
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
+        # Every piece of vendor text passes the patient-data filter (connector.sources.bodies).
         parts = [
-            str(error[key])
+            safe_vendor_text(str(error[key]))
             for key in ("code", "message")
             if isinstance(error.get(key), str | int) and str(error[key])
         ]

@@ -24,7 +24,7 @@ from connector.settings import SourceConfig
 from connector.sources.adapter import Adapter as BaseAdapter
 from connector.sources.adapter import FetchRequest, SourcePage
 from connector.sources.auth import Token, TokenAuth
-from connector.sources.bodies import describe_json_error
+from connector.sources.bodies import describe_json_error, safe_vendor_text
 from connector.sources.discovery import VendorManifest
 from connector.sources.http import ErrorDescriber
 from connector.sources.paginate import SingleArrayPaginator
@@ -67,12 +67,14 @@ def describe_nestjs_error(response: httpx.Response) -> str | None:
     if not isinstance(body, dict) or "message" not in body:
         return describe_json_error(response)
     message = body.get("message")
+    # Every piece of vendor text passes the patient-data filter (connector.sources.bodies).
     if isinstance(message, list):
-        said = "; ".join(str(m) for m in message[:5] if str(m))
+        said = "; ".join(safe_vendor_text(str(m)) for m in message[:5] if str(m))
     else:
-        said = str(message) if message not in (None, "") else ""
+        said = safe_vendor_text(str(message)) if message not in (None, "") else ""
     error = body.get("error")
     if isinstance(error, str) and error and error != said:
+        error = safe_vendor_text(error)
         said = f"{error}: {said}" if said else error
     return said[:300] or None
 

@@ -25,6 +25,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from connector.settings import SourceConfig
 from connector.sources.adapter import FetchRequest, ListDetailAdapter, SourcePage
 from connector.sources.auth import OAuth2Password
+from connector.sources.bodies import is_safe_vendor_text, safe_vendor_text
 from connector.sources.discovery import VendorManifest
 from connector.sources.http import ErrorDescriber, SourceClient
 from connector.sources.lookups import GoneFailsRecord, PerRunLookup
@@ -81,15 +82,17 @@ def describe_fastapi_error(response: httpx.Response) -> str | None:
     except orjson.JSONDecodeError:
         return None
     detail = body.get("detail") if isinstance(body, dict) else None
+    # Every piece of vendor text passes the patient-data filter (connector.sources.bodies).
     if isinstance(detail, str) and detail.strip():
-        return detail.strip()[:300]
+        return safe_vendor_text(detail.strip())[:300]
     if isinstance(detail, list):
         parts = []
         for entry in detail[:5]:
             if not isinstance(entry, dict):
                 continue
             location = ".".join(str(p) for p in entry.get("loc") or [])
-            message = str(entry.get("msg") or entry.get("type") or "invalid")
+            location = location if is_safe_vendor_text(location) else ""
+            message = safe_vendor_text(str(entry.get("msg") or entry.get("type") or "invalid"))
             parts.append(f"{location}: {message}" if location else message)
         return "; ".join(parts)[:300] or None
     return None

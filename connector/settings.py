@@ -108,7 +108,13 @@ class HttpSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # A deadline for each whole request: connect, headers and the whole body together (a
+    # streamed answer: until each next item has arrived). A deadline hit is retried like any
+    # timeout.
     timeout: Duration = timedelta(seconds=30)
+    # The largest answer body, counted decompressed while it is read: a larger one fails the
+    # source (not retried) before it is held whole, however small it was on the wire.
+    max_response_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024)
     concurrency: int = Field(8, ge=1, le=256)
     max_retries: int = Field(5, ge=0, le=20)
     backoff_base: Duration = timedelta(seconds=0.5)

@@ -169,7 +169,8 @@ def test_gone_fails_only_the_records_pointing_at_it() -> None:
     issue = out.failures[1].issue
     assert (issue.code, issue.path) == (Reason.DETAIL_UNAVAILABLE, "patient")
     assert issue.message.startswith("patient gone: ")
-    assert "no patient gone" in issue.message
+    # The vendor's own text names the patient: withheld (connector/sources/bodies.py).
+    assert "410 from GET patients/gone" in issue.message and "no patient gone" not in issue.message
     assert vendor.paths.count("/api/patients/gone") == 1
 
 

@@ -166,7 +166,7 @@ def test_retry_after_is_the_wait_and_every_retry_is_logged(
     retry_logs: list[MutableMapping[str, Any]],
 ) -> None:
     handler, seen = scripted(
-        httpx.Response(429, headers={"Retry-After": "0.3"}, json={"error": "slow down"}),
+        httpx.Response(429, headers={"Retry-After": "0.3"}, json={"error": "rate limit exceeded"}),
         httpx.Response(503),
         httpx.Response(200, json={"ok": True}),
     )
@@ -176,7 +176,7 @@ def test_retry_after_is_the_wait_and_every_retry_is_logged(
     assert body == {"ok": True} and len(seen) == 3
     retries = [e for e in retry_logs if e["event"] == "http.retry"]
     assert [(e["source"], e["attempt"]) for e in retries] == [("vendor", 1), ("vendor", 2)]
-    assert "429 from GET invoices: slow down" in retries[0]["error"]
+    assert "429 from GET invoices: rate limit exceeded" in retries[0]["error"]
     # The vendor's hint, then full jitter within the second step (0.1 s * 2, capped 0.15 s).
     assert retries[0]["wait_s"] == pytest.approx(0.3)
     assert 0 <= retries[1]["wait_s"] <= 0.15
@@ -473,8 +473,8 @@ def test_a_streamed_answer_is_classified_and_its_retry_after_honoured() -> None:
     assert items == [(0, 1), (1, 2)]
     assert asyncio.run(_now()) - started >= 0.2
     assert len(seen) == 3 and client.stats.retries == 2
-    handler, seen = scripted(httpx.Response(403, json={"error": "not yours"}))
-    with pytest.raises(AuthError, match="403 from GET invoices: not yours"):
+    handler, seen = scripted(httpx.Response(403, json={"error": "access denied"}))
+    with pytest.raises(AuthError, match="403 from GET invoices: access denied"):
         with_client(handler, stream_all)
     assert len(seen) == 1
 

@@ -36,6 +36,12 @@ from tests.conftest import sync_wired as sync
 DIALECT = "meditrak"
 INVOICES = 24
 
+# A connection whose TLS handshake this module makes fail (unknown CA, another host's
+# certificate) is at times left to the garbage collector by the client stack, and its
+# "unclosed socket" ResourceWarning then surfaces in whichever test of this module runs the
+# collector (seen twice in 1,300-test runs). Not root-caused; tolerated here only.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])

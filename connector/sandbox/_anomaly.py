@@ -1,14 +1,21 @@
-"""Pagination anomalies: a list endpoint that misbehaves the way real vendors' lists do.
+"""Pagination anomalies and hostile bodies: a list endpoint that misbehaves the way real
+vendors' lists do, or whose answer is built to exhaust a client's memory or patience.
 
-Armed per dialect on a running sandbox (`SandboxServer.set_anomaly`); the dialect's `list_shape`
-says where its list answers keep records, total and next link, so this module needs no
-per-vendor knowledge.
+Armed per dialect on a running sandbox (`SandboxServer.set_anomaly`, `set_hostile_body`); the
+dialect's `list_shape` says where its list answers keep records, total and next link, so this
+module needs no per-vendor knowledge.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import struct
 import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -189,3 +196,97 @@ def _put(body: Any, path: str, value: Any) -> None:
     for part in parents:
         node = node[part]
     node[last] = value
+
+
+BODY_MODES: tuple[str, ...] = ("oversized", "gzip_bomb", "slow_drip")
+_BLOCK = 1 << 20
+# JSON whitespace: padding in front of a page keeps the answer valid JSON, however long.
+_SPACES = b" " * _BLOCK
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+@dataclass(frozen=True)
+class HostileBody:
+    """A 200 answer of the list endpoint (any GET, for a dialect without one), sent hostile:
+
+    oversized  `size` bytes of whitespace in front of the page, streamed 1 MB at a time
+    gzip_bomb  the same with `Content-Encoding: gzip`: about `size`/1000 bytes on the wire
+               (1 GB: 1 MB), never holding the inflated bytes, on the server or in the making
+    slow_drip  the page, one byte every `interval_s` seconds
+    """
+
+    mode: str
+    size: int = 300 * _BLOCK
+    interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in BODY_MODES:
+            raise ValueError(f"body mode {self.mode!r} is not one of {', '.join(BODY_MODES)}")
+        if self.size < 0 or not self.interval_s > 0:
+            raise ValueError("size must not be negative, interval_s must be positive")
+
+    def applies(self, request: web.Request, response: web.StreamResponse, dialect: Dialect) -> bool:
+        if request.method != "GET" or response.status != 200:
+            return False
+        if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+            return False
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else request.path
+        return dialect.list_shape is None or route == dialect.list_shape.route
+
+    async def send(self, request: web.Request, answer: web.Response) -> web.StreamResponse:
+        body = answer.body
+        assert isinstance(body, bytes), "applies() checked it"
+        out = web.StreamResponse(status=200, headers={"Content-Type": answer.content_type})
+        if self.mode == "gzip_bomb":
+            out.headers["Content-Encoding"] = "gzip"
+        await out.prepare(request)
+        try:
+            if self.mode == "slow_drip":
+                for at in range(len(body)):
+                    await out.write(body[at : at + 1])
+                    await asyncio.sleep(self.interval_s)
+            else:
+                pieces = _padding(self.size) if self.mode == "oversized" else _gzip_bomb(self.size)
+                for piece in pieces:
+                    await out.write(piece)
+                await out.write(body if self.mode == "oversized" else _gzip_tail(self.size, body))
+            await out.write_eof()
+        except ConnectionError:
+            pass  # the client gave up reading: what a hostile body is for
+        return out
+
+
+def _padding(size: int) -> Iterator[bytes]:
+    for _ in range(size // _BLOCK):
+        yield _SPACES
+    yield _SPACES[: size % _BLOCK]
+
+
+@lru_cache(maxsize=4)
+def _deflated_block(length: int) -> bytes:
+    """`length` spaces as raw deflate ending in a full flush: no reference back, so the same
+    bytes may follow each other and decode to the spaces again each time."""
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return deflater.compress(_SPACES[:length]) + deflater.flush(zlib.Z_FULL_FLUSH)
+
+
+def _gzip_bomb(size: int) -> Iterator[bytes]:
+    """A gzip stream's header and `size` spaces, in pieces of 64 MB inflated (64 KB sent)."""
+    yield _GZIP_HEADER
+    blocks = size // _BLOCK
+    for first in range(0, blocks, 64):
+        yield _deflated_block(_BLOCK) * min(64, blocks - first)
+    if size % _BLOCK:
+        yield _deflated_block(size % _BLOCK)
+
+
+def _gzip_tail(size: int, body: bytes) -> bytes:
+    """The page itself, the final deflate block and gzip's CRC-32 and length trailer (only
+    reached by a client that read the whole bomb)."""
+    crc = 0
+    for piece in _padding(size):
+        crc = zlib.crc32(piece, crc)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    final = deflater.compress(body) + deflater.flush()
+    return final + struct.pack("<II", zlib.crc32(body, crc), (size + len(body)) & 0xFFFFFFFF)

@@ -2,7 +2,8 @@
 
 The server adds what every fake vendor shares: request statistics, artificial latency, injected
 faults (429 with Retry-After, 500, 502, 503, stalls longer than a client's timeout, connections
-dropped without an answer), pagination anomalies of the list endpoints, and the unauthenticated
+dropped without an answer), pagination anomalies and hostile bodies (oversized, gzip bomb,
+slow drip) of the list endpoints, and the unauthenticated
 /_sandbox/ admin routes that tests and benchmarks use to inspect the truth and change it.
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ._anomaly import ListAnomaly
+from ._anomaly import HostileBody, ListAnomaly
 from ._dataset import EXPECTED_REASON, Dataset, generate_dataset
 from ._dialect import Dialect, available_dialects, iso_z, json_response, load_dialect, port_offset
 
@@ -200,6 +201,7 @@ class _Mounted:
     port: int = 0
     runner: web.AppRunner | None = None
     anomaly: ListAnomaly | None = None
+    hostile: HostileBody | None = None
 
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -242,6 +244,10 @@ def _vendor_middleware(mounted: _Mounted) -> Any:
                 anomaly = mounted.anomaly
                 if anomaly is not None and isinstance(response, web.Response):
                     response = anomaly.apply(request, response)
+                hostile = mounted.hostile
+                if hostile is not None and hostile.applies(request, response, dialect):
+                    assert isinstance(response, web.Response), "applies() checked it"
+                    response = await hostile.send(request, response)
             status = response.status
             return response
         except web.HTTPException as exc:
@@ -479,6 +485,10 @@ class SandboxServer:
         mounted = self._get(name)
         mounted.anomaly = None if mode is None else ListAnomaly.create(mounted.dialect, mode)
 
+    def set_hostile_body(self, name: str, body: HostileBody | None) -> None:
+        """Send a dialect's list answers hostile (see `HostileBody`); None: normal again."""
+        self._get(name).hostile = body
+
     def anomaly_log(self, name: str) -> list[str]:
         """What the armed anomaly did so far (e.g. "deleted INV-000003"), for test messages."""
         anomaly = self._get(name).anomaly
@@ -529,6 +539,8 @@ def _add_admin_routes(mounted: _Mounted) -> None:
     POST /_sandbox/faults             {"fault_rate", "latency_ms", "fault_kinds", "stall_s"},
                                       each optional
     POST /_sandbox/anomaly            {"mode": one of ANOMALIES (._anomaly) or null}
+    POST /_sandbox/body               {"mode": one of BODY_MODES (._anomaly) or null, "size",
+                                      "interval_s"}: hostile list answers (`HostileBody`)
     GET  /_sandbox/registry.csv       the MediTrak policy registry
     """
     dialect, stats, faults = mounted.dialect, mounted.stats, mounted.faults
@@ -621,6 +633,15 @@ def _add_admin_routes(mounted: _Mounted) -> None:
             return json_response({"error": str(exc)}, status=400)
         return json_response({"mode": mode})
 
+    async def set_body(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            mode = body.pop("mode", None) if isinstance(body, dict) else None
+            mounted.hostile = None if mode is None else HostileBody(mode, **body)
+        except (ValueError, TypeError) as exc:
+            return json_response({"error": str(exc)}, status=400)
+        return json_response({"mode": mode})
+
     async def registry_csv(request: web.Request) -> web.Response:
         buffer = io.StringIO()
         fields = ["policy_number", "holder_name", "status", "valid_from", "valid_to"]
@@ -638,6 +659,7 @@ def _add_admin_routes(mounted: _Mounted) -> None:
     router.add_delete("/_sandbox/invoices/{invoice_id}", delete)
     router.add_post("/_sandbox/faults", set_faults)
     router.add_post("/_sandbox/anomaly", set_anomaly)
+    router.add_post("/_sandbox/body", set_body)
     router.add_get("/_sandbox/registry.csv", registry_csv)
 
 

@@ -7,6 +7,8 @@ one answer parsed as it streams in). Each answer passes one classification hook,
 (timeouts, connection errors, 429, 5xx; `Retry-After` honoured, see `connector.sources.retry`),
 an error that stops the source (`AuthError`, `ContractError`, `SourceError`), or a record to
 skip (`RecordUnavailable`).
+`http.timeout` is a deadline for a whole attempt; a body is decompressed here in bounded steps
+and refused past `http.max_response_bytes` as it arrives, so no body or bomb is held whole.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import os
 import ssl
 import time
+import zlib
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -156,6 +159,14 @@ class RecordUnavailable(VendorHttpError):
         self.reason = reason
 
 
+class ResponseTooLarge(ContractError):
+    """An answer body over `http.max_response_bytes`: not retried, asking again won't help."""
+
+
+class RequestDeadlineExceeded(RetriableError):
+    """No whole answer within `http.timeout` (a slow drip): retried like a read timeout."""
+
+
 class SlidingWindowLimiter:
     """At most `limit` request starts in any `window` seconds: exact, never a burst over."""
 
@@ -202,6 +213,7 @@ class RequestStats:
     retries: int = 0
     max_in_flight: int = 0
     in_flight: int = 0
+    body_bytes: int = 0  # answer bytes read, decompressed (what memory had to take in)
 
 
 class CountedAiohttpTransport(AiohttpTransport):
@@ -381,7 +393,7 @@ class SourceClient:
         try:
             async with self._slot(), self._client.stream(method, url, **kwargs) as response:
                 if not 200 <= response.status_code < 300:
-                    await response.aread()
+                    await self._read_body(response)
                 self.validate_response(response)
                 yield response
         except httpx.TransportError as exc:
@@ -419,17 +431,91 @@ class SourceClient:
     async def _send_once(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         url = self.resolve(url)
         try:
-            async with self._slot():
-                response = await self._client.request(method, url, **kwargs)
+            async with (
+                self._slot(),
+                self.deadline(),
+                self._client.stream(method, url, **kwargs) as response,
+            ):
+                body = await self._read_body(response)
         except httpx.TransportError as exc:
             self._raise_if_certificate_rejected(exc)
             raise
         # httpx leaves the read response and its stream pointing at each other: a cycle that
         # kept each page's body alive until the next cyclic collection. The body is read, so
         # the stream can be the plain bytes, freed with the response (docs/performance.md).
-        response.stream = httpx.ByteStream(response.content)
+        response.stream = httpx.ByteStream(body)
         self.validate_response(response)
         return response
+
+    @asynccontextmanager
+    async def deadline(self) -> AsyncIterator[None]:
+        """`http.timeout` for everything inside, together: httpx's own timeouts bound each
+        read, which a vendor sending a byte a second never trips."""
+        seconds = self.settings.timeout.total_seconds()
+        scope = asyncio.timeout(seconds)
+        try:
+            async with scope:
+                yield
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            said = f"no whole answer within http.timeout ({seconds:g}s)"
+            raise RequestDeadlineExceeded(said) from None
+
+    async def _read_body(self, response: httpx.Response) -> bytes:
+        """The whole body of a streamed `response`, decompressed, kept as its `content`;
+        `ResponseTooLarge` as soon as it passes `http.max_response_bytes`."""
+        limit = self.settings.max_response_bytes
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in self.body_chunks(response):
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLarge(
+                    f"the answer to {self.describe_request(response)} is over "
+                    f"http.max_response_bytes ({limit} bytes, decompressed): stopped reading"
+                )
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        response._content = body  # what `response.content` returns, as after httpx's read
+        return body
+
+    async def body_chunks(
+        self, response: httpx.Response, size: int = STREAM_CHUNK_BYTES
+    ) -> AsyncIterator[bytes]:
+        """The body of a streamed `response` as it arrives, decompressed in steps of at most
+        `size` bytes and counted in `stats.body_bytes`. Decompressed here, not by httpx: httpx
+        inflates each network chunk at once, so one 16 KB chunk of a gzip bomb was 16 MB."""
+        if response.is_stream_consumed:  # httpx read it already: an auth flow that reads answers
+            self.stats.body_bytes += len(response.content)
+            yield response.content
+            return
+        encoding = response.headers.get("Content-Encoding", "").strip().lower()
+        inflater = None
+        if encoding not in ("", "identity"):
+            if encoding not in ("gzip", "x-gzip", "deflate"):
+                what = self.describe_request(response)
+                raise ContractError(f"{what}: unsupported Content-Encoding {encoding[:40]!r}")
+            # gzip or zlib framing, told apart by the header; raw deflate retried below.
+            inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
+        fresh = True
+        async for data in response.aiter_raw():
+            while data:
+                if inflater is None:
+                    chunk, data = data, b""
+                else:
+                    try:
+                        chunk, data = inflater.decompress(data, size), inflater.unconsumed_tail
+                    except zlib.error:
+                        if not (fresh and encoding == "deflate"):
+                            what = self.describe_request(response)
+                            raise ContractError(f"{what}: not valid {encoding} data") from None
+                        # Some servers send "deflate" without the zlib framing.
+                        inflater, fresh = zlib.decompressobj(-zlib.MAX_WBITS), False
+                        continue
+                fresh = False
+                self.stats.body_bytes += len(chunk)
+                yield chunk
 
     def default_validate_response(self, response: httpx.Response) -> None:
         """The standard classification of an answer: 2xx is data; 408, 425, 429 and 5xx are
@@ -518,32 +604,37 @@ class _StreamedAnswer:
         method, url, kwargs = self._request
         self._attempt = attempt = AsyncExitStack()
         try:
-            response = await attempt.enter_async_context(self._client.stream(method, url, **kwargs))
+            async with self._client.deadline():
+                response = await attempt.enter_async_context(
+                    self._client.stream(method, url, **kwargs)
+                )
         except BaseException:
             await self.aclose()
             raise
-        self._chunks = response.aiter_bytes(STREAM_CHUNK_BYTES)
+        self._chunks = _gathered(self._client.body_chunks(response), STREAM_CHUNK_BYTES)
         self._parser = self._new_parser()
         self._first, self._index, self._ended = first, 0, False
         return await self.next_items()
 
     async def next_items(self) -> list[tuple[int, Any]]:
         """The next items (at least one) with their indexes; [] once the answer has ended.
-        A failed read closes the attempt at once: it must not hold its concurrency slot
-        through the retry's wait."""
+        Each must arrive within `http.timeout` (a streamed answer may take longer as a whole:
+        CitaBox sends every invoice in one). A failed read closes the attempt at once: it must
+        not hold its concurrency slot through the retry's wait."""
         chunks, parser = self._chunks, self._parser
         assert chunks is not None and parser is not None, "next_items() before open_from()"
         try:
-            while not self._ended:
-                chunk = await anext(chunks, None)
-                if chunk is None:
-                    parsed, self._ended = parser.close(), True
-                else:
-                    parsed = parser.feed(chunk)
-                start, self._index = self._index, self._index + len(parsed)
-                if parsed and self._index > self._first:
-                    skipped = max(0, self._first - start)
-                    return list(enumerate(parsed[skipped:], start + skipped))
+            async with self._client.deadline():
+                while not self._ended:
+                    chunk = await anext(chunks, None)
+                    if chunk is None:
+                        parsed, self._ended = parser.close(), True
+                    else:
+                        parsed = parser.feed(chunk)
+                    start, self._index = self._index, self._index + len(parsed)
+                    if parsed and self._index > self._first:
+                        skipped = max(0, self._first - start)
+                        return list(enumerate(parsed[skipped:], start + skipped))
         except BaseException:
             await self.aclose()
             raise
@@ -556,6 +647,18 @@ class _StreamedAnswer:
             await chunks.aclose()
         if attempt is not None:
             await attempt.aclose()
+
+
+async def _gathered(chunks: AsyncIterator[bytes], size: int) -> AsyncGenerator[bytes, None]:
+    """`chunks` joined into pieces of `size` bytes or more: fewer parser calls."""
+    pending = bytearray()
+    async for chunk in chunks:
+        pending += chunk
+        if len(pending) >= size:
+            yield bytes(pending)
+            pending.clear()
+    if pending:
+        yield bytes(pending)
 
 
 def describe_failure(error: BaseException) -> str:

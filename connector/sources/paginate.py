@@ -68,7 +68,8 @@ def total_at(body: Any, path: str | None, where: str) -> int | None:
     value = dig(body, path)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ContractError(
-            f"{where}: expected a non-negative integer total at '{path}', got {value!r}"
+            f"{where}: expected a non-negative integer total at '{path}', "
+            f"got {type(value).__name__}"
         )
     return value
 

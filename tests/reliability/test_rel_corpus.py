@@ -5,8 +5,6 @@ clear error; nothing crashes, nothing is dropped silently."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -21,6 +19,7 @@ from connector.policies import PolicyRecord
 from connector.store import Store
 from connector.store.policies import import_policies
 from connector.store.store import sqlite_url_for
+from tests.local_server import serve_app
 from tests.reliability.corpus import PAGE_KINDS, POLICY, RECORD_KINDS, records_served
 from tests.reliability.rel_helpers import sync_all
 
@@ -59,21 +58,8 @@ def corpus_app() -> web.Application:
 
 @pytest.fixture(scope="module")
 def corpus_url() -> Iterator[str]:
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(corpus_app(), access_log=None)
-    loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    port = runner.addresses[0][1]
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
+    with serve_app(corpus_app()) as url:
+        yield url
 
 
 def source(name: str, url: str) -> dict[str, Any]:
