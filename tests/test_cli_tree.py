@@ -32,11 +32,14 @@ TOP_LEVEL = (
     "categories",
     "policies",
     "quarantine",
+    "config",
+    "schema",
 )
 GROUPS = {
     "categories": ("explain",),
     "policies": ("import", "link", "list"),
     "quarantine": ("list", "show", "reasons"),
+    "config": ("check",),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +18,7 @@ import typer
 
 from connector.cli import (
     categories,
+    config,
     daemon,
     export,
     policies,
@@ -24,6 +26,7 @@ from connector.cli import (
     reports,
     reprocess,
     sandbox,
+    schema,
     status,
     sync,
 )
@@ -42,7 +45,18 @@ COMMAND_MODULES = (
     categories,  # categories explain
     policies,  # policies import | link | list
     quarantine,  # quarantine list | show | reasons
+    config,  # config check
+    schema,  # schema
 )
+
+DISTRIBUTION = "invoice-connector"
+
+
+def _print_version(value: bool) -> None:
+    # Eager: answered before the config is read or a command is required.
+    if value:
+        print(f"{DISTRIBUTION} {version(DISTRIBUTION)}")
+        raise typer.Exit(0)
 
 
 def _global_options(
@@ -55,6 +69,15 @@ def _global_options(
     log_level: Annotated[
         str | None, typer.Option("--log-level", help="debug, info, warning or error.")
     ] = None,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the installed version and exit.",
+        ),
+    ] = False,
 ) -> None:
     state.config_path = config
     state.log_level = log_level
