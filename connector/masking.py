@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 _POLICY_PREFIX = re.compile(r"^(?P<prefix>[A-Za-z]{1,6}[-/ .:]?)(?P<rest>.+)$")
 # Keys whose values are patient data wherever they appear (compared lower case, no _ or -).
@@ -129,3 +130,21 @@ def mask_payload(payload: Any, *, _inherited: str | None = None) -> Any:
     if _inherited is not None:
         return _mask_leaf(_inherited, payload)
     return payload
+
+
+def masked_store_url(url: str) -> str:
+    """The store URL with any password replaced by `***` (in the authority and in the query,
+    where libpq also accepts one); SQLite paths have none and are returned unchanged."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    user, at, host = netloc.rpartition("@")
+    if at and ":" in user:
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        # `safe="*"`: keep the mask readable rather than percent-encoded.
+        query = urlencode([(k, "***" if "pass" in k.lower() else v) for k, v in pairs], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -10,13 +10,13 @@ masked here.
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import typer
 
 from connector.cli.common import err, out, print_json, state
 from connector.config import load_config
 from connector.errors import ConfigError
+from connector.masking import masked_store_url
 from connector.settings import AppConfig
 
 EXIT_VALID = 0
@@ -26,24 +26,6 @@ EXIT_INVALID = 2
 commands = typer.Typer(
     name="config", help="Check the configuration file (no network, no store).", no_args_is_help=True
 )
-
-
-def masked_store_url(url: str) -> str:
-    """The store URL with any password replaced by `***` (in the authority and in the query,
-    where libpq also accepts one); SQLite paths have none and are returned unchanged."""
-    if "://" not in url:
-        return url
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    user, at, host = netloc.rpartition("@")
-    if at and ":" in user:
-        netloc = f"{user.partition(':')[0]}:***@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        # `safe="*"`: keep the mask readable rather than percent-encoded.
-        query = urlencode([(k, "***" if "pass" in k.lower() else v) for k, v in pairs], safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _summary(config: AppConfig) -> str:

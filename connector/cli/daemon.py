@@ -16,9 +16,10 @@ from rich.text import Text
 from connector.cli.common import err, load, open_store, out, state
 from connector.daemon.backfill import Backfill, LogProgress, ProgressReporter, default_progress
 from connector.daemon.backfill import parse_window as parse_window_days
-from connector.daemon.service import Daemon, wired_engine_factory
+from connector.daemon.service import Daemon
 from connector.errors import ConfigError, ConnectorError
 from connector.logging import mask_patient_data, scrub_text
+from connector.pipeline.wiring import build_engine
 from connector.schedule import parse_duration
 from connector.store.coordination import BackfillStatus, backfill_statuses
 
@@ -96,7 +97,7 @@ def backfill(
 
     with open_store(config) as store:
         try:
-            engine = wired_engine_factory()(config, store)
+            engine = build_engine(config, store)
             job = Backfill(
                 config,
                 store,

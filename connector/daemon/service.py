@@ -47,11 +47,6 @@ EngineFactory = Callable[[AppConfig, Store], Engine]
 CONFIG_POLL_SECONDS = 2.0
 
 
-def wired_engine_factory() -> EngineFactory:
-    """The engine every run uses: category rules and the policy registry wired in."""
-    return build_engine
-
-
 class RunStats:
     """Counters of this process for /metrics; written on the loop, read by the HTTP thread."""
 
@@ -87,7 +82,7 @@ class Daemon:
         self.config_path = config_path
         self.config = config
         self.store = store
-        self.engine_factory = engine_factory or wired_engine_factory()
+        self.engine_factory = engine_factory or build_engine
         self.stats = RunStats()
         self.scheduler = new_scheduler()
         self.health_url: str | None = None
