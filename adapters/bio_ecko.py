@@ -8,6 +8,7 @@ so where the records and the total sit is configuration (`records_field`, `total
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -15,7 +16,7 @@ import orjson
 from pydantic import Field, SecretStr
 
 from connector.errors import AuthError, ContractError
-from connector.settings import SourceConfig
+from connector.settings import Duration, SourceConfig
 from connector.sources.adapter import FetchRequest, ListDetailAdapter
 from connector.sources.auth import OAuth2ClientCredentials, Token
 from connector.sources.bodies import describe_json_error, safe_vendor_text
@@ -50,6 +51,12 @@ class Config(SourceConfig):
         None
     )
     branch_id: str | None = None
+    # Signs Bio Ecko's webhooks (HMAC-SHA256 of the raw body, `X-Bio-Ecko-Signature`): set it
+    # (as ${ENV_VAR}) to take pushes at /webhooks/bio_ecko/<name> (docs/webhooks.md).
+    webhook_secret: SecretStr | None = None
+    # How far an event's `timestamp` may be from now, either way, before it is refused as
+    # stale (a replay outside this window cannot reuse a webhook id the store forgot).
+    webhook_tolerance: Duration = timedelta(minutes=5)
 
 
 def describe_bio_ecko_error(response: httpx.Response) -> str | None:
@@ -137,6 +144,11 @@ class Adapter(ListDetailAdapter):
         if request.date_to:
             params["date_to"] = request.date_to.isoformat()
         return params
+
+    async def fetch_invoice(self, invoice_id: str) -> Any:
+        """One invoice by its Bio Ecko id, from the detail endpoint: what a webhook names is
+        fetched here, so the stored record is always the vendor's current state."""
+        return await self.fetch_detail(invoice_id)
 
     def unwrap_detail(self, body: Any) -> Any:
         record = dig(body, self.config.detail_field)

@@ -49,8 +49,10 @@ class Config(SourceConfig):
     http: SploseHttpSettings = SploseHttpSettings()
     include_archived: bool = False
     fetch_patients: bool = True
-    # Labels of `referenceNumbers` entries ("Medicare: 12345678") holding a policy number, in
-    # order of preference.
+    # Labels of `referenceNumbers` entries ("Policy: POL-123456") holding a candidate policy
+    # number, in order of preference. Medicare and DVA provider numbers are not listed by
+    # default (they are not the clinic's insurance policy); an account that files its policies
+    # under such a label lists it here, e.g. [Medicare, Policy, Insurance], the old default.
     policy_reference_prefixes: tuple[str, ...] = Field(DEFAULT_POLICY_PREFIXES, min_length=1)
 
     @model_validator(mode="before")

@@ -2,8 +2,10 @@
 
 `python bench/workers.py connector '<json spec>'` syncs the sandbox with the real engine;
 `python bench/workers.py baseline '<json spec>'` does the same job the naive way (sequential
-blocking requests, row-by-row upsert, one commit). Each prints one JSON line on stdout with
-its timings, counts and its own peak RSS, so the two sides' memory is never mixed.
+blocking requests, row-by-row upsert, one commit); `python bench/workers.py capacity '<json
+spec>'` makes the same requests as fast as a lean client can (what the sandbox can serve). Each
+prints one JSON line on stdout with its timings, counts and its own peak RSS, so the sides'
+memory is never mixed.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ def run_connector(spec: dict[str, Any]) -> dict[str, Any]:
     configure_logging("warning", "json")
     # As the `connector` command does at start-up.
     tune_garbage_collector()
-    http: dict[str, Any] = {"concurrency": spec["concurrency"]}
+    # The connector's defaults unless the spec overrides them: the defaults are the product.
+    http: dict[str, Any] = {}
+    if spec.get("concurrency"):
+        http["concurrency"] = spec["concurrency"]
     if spec.get("requests_per_minute"):
         http["requests_per_minute"] = spec["requests_per_minute"]
     source = {
@@ -164,9 +169,56 @@ def run_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     return {"phases": {"full": {"seconds": seconds, **counts}}, "rss_mb": peak_rss_mb()}
 
 
+def run_capacity(spec: dict[str, Any]) -> dict[str, Any]:
+    """The same list pages (and detail calls) as the other sides, from a raw aiohttp client
+    with `capacity_concurrency` requests in flight and nothing done with the answers beyond
+    reading the ids: the rate the sandbox itself can serve, the ceiling of any client."""
+    import asyncio
+
+    import aiohttp
+    import orjson
+
+    base, page_size = spec["url"], spec["page_size"]
+    counts = {"fetched": 0, "requests": 0}
+
+    async def go() -> None:
+        bound = asyncio.Semaphore(spec["capacity_concurrency"])
+        connector = aiohttp.TCPConnector(limit=spec["capacity_concurrency"])
+        headers = {"Authorization": f"Bearer {SANDBOX_TOKEN}"}
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
+
+            async def fetch(path: str, params: dict[str, Any] | None = None) -> bytes:
+                async with bound, http.get(base + path, params=params) as response:
+                    response.raise_for_status()
+                    counts["requests"] += 1
+                    return await response.read()
+
+            async def detail(invoice_id: str) -> None:
+                await fetch(f"invoices/{invoice_id}")
+                counts["fetched"] += 1
+
+            async def page(number: int) -> Any:
+                body = orjson.loads(await fetch("invoices", {"page": number, "limit": page_size}))
+                rows = body["data"]
+                if spec["fetch_detail"]:
+                    await asyncio.gather(*(detail(str(row["id"])) for row in rows))
+                else:
+                    counts["fetched"] += len(rows)
+                return body
+
+            first = await page(1)
+            pages = -(-int(first["total"]) // page_size)
+            await asyncio.gather(*(page(number) for number in range(2, pages + 1)))
+
+    started = time.perf_counter()
+    asyncio.run(go())
+    seconds = time.perf_counter() - started
+    return {"phases": {"full": {"seconds": seconds, **counts}}, "rss_mb": peak_rss_mb()}
+
+
 def main(argv: list[str]) -> None:
     side, spec = argv[0], json.loads(argv[1])
-    runner = {"connector": run_connector, "baseline": run_baseline}[side]
+    runner = {"connector": run_connector, "baseline": run_baseline, "capacity": run_capacity}[side]
     print(json.dumps(runner(spec)), flush=True)
 
 

@@ -80,8 +80,12 @@ def interpolate_env(node: Any, env: Mapping[str, str], problems: list[str], path
 def _format_error(prefix: str, error: Any) -> str:
     location = ".".join(str(p) for p in error["loc"])
     where = f"{prefix}.{location}" if location else prefix
-    message = error["msg"].removeprefix("Value error, ")
+    # A URL's `user:password@` is a credential: never echoed in an error.
+    message = _URL_USERINFO.sub(r"\1***@", error["msg"].removeprefix("Value error, "))
     return f"{where}: {message}"
+
+
+_URL_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
 
 
 def build_config(
@@ -196,7 +200,11 @@ def load_config(
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], origin=str(path)) from exc
+        # Position and problem only: PyYAML's message quotes the line, which may hold a secret.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError([f"not valid YAML{where}: {problem}"], origin=str(path)) from None
     try:
         # Paths in the file are relative to the file, not to the working directory: a daemon
         # started from elsewhere must read the same rules, CA and store.

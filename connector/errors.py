@@ -8,6 +8,8 @@
     │   └── RetriesExhausted   a retriable failure that did not clear within the retry budget
     ├── RetriableError         transient (timeout, connection, 429, 5xx): back off and try again
     ├── StoreError             the local store refused a write (disk full, read-only, schema)
+    │   ├── StoreUnreachable   the database could not be reached: retry later, nothing was kept
+    │   └── LockLost           this run no longer holds its source's lock: stop it (not a crash)
     └── RecordError            this one record cannot be mapped: quarantine it, go on
 
 Record-level findings are `Issue`s (see `connector.issues`); `RecordError` only carries them out
@@ -63,6 +65,16 @@ class RetriableError(ConnectorError):
 
 class StoreError(ConnectorError):
     """The store could not complete a write; nothing of the failed transaction was kept."""
+
+
+class StoreUnreachable(StoreError):
+    """The database could not be reached (refused, dropped, timed out); nothing was kept."""
+
+
+class LockLost(StoreError):
+    """The run's source lock is gone (its session died, its lease ran out, or another replica
+    took the source over): the store refused the write or checkpoint, so the run must stop.
+    Expected in a fleet of replicas, and never a crash."""
 
 
 class RecordError(ConnectorError):

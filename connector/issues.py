@@ -26,6 +26,7 @@ class Reason(StrEnum):
     POLICY_FORMAT = "POLICY_FORMAT"
     POLICY_UNKNOWN = "POLICY_UNKNOWN"
     POLICY_INACTIVE = "POLICY_INACTIVE"
+    POLICY_CONFLICT = "POLICY_CONFLICT"
     DETAIL_UNAVAILABLE = "DETAIL_UNAVAILABLE"
     DUPLICATE_IN_RUN = "DUPLICATE_IN_RUN"
 
@@ -60,8 +61,13 @@ REASON_HELP: dict[Reason, tuple[str, str]] = {
         "Add the billed services as items at the source.",
     ),
     Reason.CATEGORY_UNMAPPED: (
-        "A line item's category is not one of the ten MediTrak categories and no rule matched.",
-        "Send a valid category, or add a category rule / fallback for the source.",
+        "A line item's category is not one of the ten MediTrak categories and no rule matched; "
+        "or the line is a non-clinical charge (cancellation / missed-appointment fee, "
+        "surcharge, gift voucher, admin, booking or report fee, late payment), for which "
+        "MediTrak has no category.",
+        "Send a valid category, or add a category rule / fallback for the source; for "
+        "non-clinical charges set the source's `non_clinical_category`. "
+        '`connector categories explain "TEXT"` shows which rule decided.',
     ),
     Reason.ITEM_TOTAL_MISMATCH: (
         "An item's total is not quantity x unit price (to the cent).",
@@ -86,6 +92,15 @@ REASON_HELP: dict[Reason, tuple[str, str]] = {
     Reason.POLICY_INACTIVE: (
         "The policy exists but is inactive or not valid on the invoice date.",
         "Update the registry or the invoice, then `connector reprocess`.",
+    ),
+    Reason.POLICY_CONFLICT: (
+        "A warning, never a block: the invoice's candidate policies (patient link, vendor "
+        "reference fields, the record's policy) disagree. The one billed ranks best in the "
+        "registry: registered and active, then inactive, then unknown, then not in the "
+        "registry's format; ties go to the patient link, then the vendor's order "
+        "(docs/sources.md).",
+        "Check the candidates named in the message; correct the source or the link "
+        "(`connector policies link`) so that they agree.",
     ),
     Reason.DETAIL_UNAVAILABLE: (
         "The list named the invoice but its detail call failed for this record only.",

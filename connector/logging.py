@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from contextvars import Token
@@ -165,6 +166,37 @@ def configure_logging(
     root.setLevel(_library_level(threshold))
     for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(threshold)
+    _route_python_reports()
+
+
+def _route_python_reports() -> None:
+    """What Python itself would print on stderr (warnings, an exception nobody caught, in the
+    main thread, another thread or a finalizer at shutdown) becomes a log record too, so that
+    it is JSON off a terminal and scrubbed like every other line."""
+    logging.captureWarnings(True)
+    python = logging.getLogger("connector.python")
+
+    def uncaught(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            python.warning("interrupted")
+            return
+        python.error("uncaught exception", exc_info=(kind, value, tb))
+
+    def thread_uncaught(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        python.error("uncaught exception in a thread", exc_info=args.exc_value)
+
+    def unraisable(report: Any) -> None:
+        what = report.err_msg or "exception ignored"
+        python.warning(
+            f"{what}: {report.object!r}" if report.object is not None else what,
+            exc_info=report.exc_value,
+        )
+
+    sys.excepthook = uncaught
+    threading.excepthook = thread_uncaught
+    sys.unraisablehook = unraisable
 
 
 class RunBinding:

@@ -132,6 +132,25 @@ def mask_payload(payload: Any, *, _inherited: str | None = None) -> Any:
     return payload
 
 
+# A plain value: text with a digit, made of digits, separators, currency signs and a few known
+# words (an amount, date or timestamp, even a mistyped one): it cannot be a name or a note.
+_PLAIN_CHARS = re.compile(r"^[\d\s.,:/+\-$₡₹€£%()A-Za-z]*$")
+_LETTER_RUN = re.compile(r"[A-Za-z]+")
+_PLAIN_WORDS = frozenset(
+    {"T", "Z", "AM", "PM", "UTC", "GMT", "USD", "EUR", "GBP", "AUD", "NZD", "CAD", "CRC", "INR"}
+    | {"MXN", "COP", "CLP", "ARS", "PEN", "ZAR", "KES", "NGN", "GHS"}
+)
+
+
+def is_plain_value(text: str) -> bool:
+    """True for an amount-, date- or timestamp-like text, which an error may quote."""
+    return (
+        any(c.isdigit() for c in text)
+        and _PLAIN_CHARS.match(text) is not None
+        and all(w.upper() in _PLAIN_WORDS for w in _LETTER_RUN.findall(text))
+    )
+
+
 def masked_store_url(url: str) -> str:
     """The store URL with any password replaced by `***` (in the authority and in the query,
     where libpq also accepts one); SQLite paths have none and are returned unchanged."""

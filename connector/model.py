@@ -65,13 +65,47 @@ def plain_quantity(value: Decimal) -> Decimal:
     return normal.quantize(_ONE) if normal == normal.to_integral_value() else normal
 
 
+# Where a policy candidate came from when it is not a vendor field: the registry's patient link
+# (`connector policies link`), or the record's one policy number (a mapping that sets
+# `policy_number` without listing candidates).
+LINK_ORIGIN = "patient link"
+RECORD_ORIGIN = "policy_number"
+
+
+class PolicyCandidate(BaseModel):
+    """One policy number an invoice could be billed to, and where it came from (a vendor
+    field such as `referenceNumbers[Policy]`, or `LINK_ORIGIN`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    number: str
+    origin: str
+
+
 class Patient(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str | None = None
+    # The policy billed: before resolution the mapping's first candidate, after it the one the
+    # resolution rule chose (docs/sources.md, "Policy resolution").
     policy_number: str | None = None
     # The source's own patient id: how sources without policy numbers are linked to one.
     source_ref: str | None = None
+    # Every candidate policy in order of preference (vendor fields from the mapping; resolution
+    # puts the patient link first), and the origin of the one chosen. Provenance for
+    # validation, not content: left out of every dump and of the content hash, so the store
+    # keeps only the policy number and no record is rewritten for its provenance alone (and
+    # hashing stays as cheap as before, docs/performance.md). The POLICY_CONFLICT warning
+    # carries them to reports.
+    policy_candidates: tuple[PolicyCandidate, ...] = Field(default=(), exclude=True)
+    policy_source: str | None = Field(default=None, exclude=True)
+
+    def candidates(self) -> tuple[PolicyCandidate, ...]:
+        """The candidates listed by the mapping, or else the record's one policy number."""
+        if self.policy_candidates:
+            return self.policy_candidates
+        number = (self.policy_number or "").strip()
+        return (PolicyCandidate(number=number, origin=RECORD_ORIGIN),) if number else ()
 
 
 class LineItem(BaseModel):
@@ -113,10 +147,10 @@ class Invoice(BaseModel):
     def content_hash(self) -> str:
         """A digest of everything the source said; equal hashes mean nothing to write.
 
-        The model's own JSON (every field, in declaration order) is hashed as pydantic writes
-        it, without a dict in between: half the cost of dump + sorted orjson. A new field, or
-        a new order, changes every hash once, which costs one rewrite per stored record on the
-        next sync (docs/performance.md)."""
+        The model's own JSON (every field but the policy's provenance, in declaration order) is
+        hashed as pydantic writes it, without a dict in between: half the cost of dump + sorted
+        orjson. A new field, or a new order, changes every hash once, which costs one rewrite
+        per stored record on the next sync (docs/performance.md)."""
         return hashlib.sha256(self.__pydantic_serializer__.to_json(self)).hexdigest()
 
     def to_import_record(self) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 MediTrak only accepts invoices whose policy number exists in its registry. The store keeps
 the imported registry (`connector.store.policies`); a run loads it once into a
 `RegistrySnapshot`, and `PolicyChecker` answers from that snapshot without any I/O:
-`resolve` fills in the policy of a source that carries none (through its patient link), and
-`check` reports POLICY_MISSING / POLICY_FORMAT / POLICY_UNKNOWN / POLICY_INACTIVE.
+`resolve` chooses the invoice's policy among its candidates (the patient link and what the
+vendor sent) by one rule (`rank_candidates`), and `check` reports POLICY_MISSING /
+POLICY_FORMAT / POLICY_UNKNOWN / POLICY_INACTIVE, plus a POLICY_CONFLICT warning when the
+candidates disagreed.
 `diff_registry` compares an imported file with the stored registry (what an import adds,
 updates, leaves alone and, when it replaces the registry, removes) and `removal_refusal`
 is the safety limit on removals that guards against an empty or truncated file.
@@ -18,11 +20,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from enum import IntEnum
 
 from connector.errors import ConnectorError
 from connector.issues import Issue, Reason
 from connector.masking import mask_policy
-from connector.model import Invoice
+from connector.model import LINK_ORIGIN, RECORD_ORIGIN, Invoice, PolicyCandidate
 
 DEFAULT_POLICY_PATTERN = r"^POL-\d+$"
 ACTIVE = "active"
@@ -282,6 +285,26 @@ class RegistryReplaceRefused(ConnectorError):
 # ----------------------------------------------------------------------------- checks
 
 
+class Standing(IntEnum):
+    """How a candidate policy stands in the registry; lower is better (the resolution rule)."""
+
+    ACTIVE = 0  # registered, active and valid on the invoice date
+    INACTIVE = 1  # registered, but not active or not valid on the invoice date
+    UNKNOWN = 2  # in the registry's format, not registered
+    BAD_FORMAT = 3  # not in the registry's format
+
+    def describe(self) -> str:
+        return _STANDING_WORDS[self]
+
+
+_STANDING_WORDS = {
+    Standing.ACTIVE: "registered and active",
+    Standing.INACTIVE: "registered but inactive or not valid on the invoice date",
+    Standing.UNKNOWN: "not in the registry",
+    Standing.BAD_FORMAT: "not in the registry's format",
+}
+
+
 class PolicyChecker:
     """Policy rules over one registry snapshot; `resolve` and `check` plug into the engine."""
 
@@ -290,15 +313,55 @@ class PolicyChecker:
         self.pattern = pattern
         self._format = re.compile(pattern)
 
-    def resolve(self, invoice: Invoice) -> Invoice:
-        """The invoice carrying its policy number: as sent, or through its patient link."""
-        if (invoice.patient.policy_number or "").strip():
-            return invoice
-        ref = invoice.patient.source_ref
+    def standing(self, number: str, day: date | None) -> Standing:
+        """Where one policy number stands in the registry on the invoice's date."""
+        if not self._format.search(number):
+            return Standing.BAD_FORMAT
+        record = self.snapshot.policies.get(number)
+        if record is None:
+            return Standing.UNKNOWN
+        if record.status != ACTIVE or (day is not None and not record.valid_on(day)):
+            return Standing.INACTIVE
+        return Standing.ACTIVE
+
+    def candidates(self, invoice: Invoice) -> tuple[PolicyCandidate, ...]:
+        """Every candidate policy of the invoice in order of preference: the patient link
+        first (the operator's explicit, registered choice), then the vendor's candidates in the
+        mapping's order (or the record's one policy number)."""
+        patient = invoice.patient
+        sent = tuple(c for c in patient.candidates() if c.origin != LINK_ORIGIN)
+        ref = patient.source_ref
         linked = self.snapshot.links.get((invoice.source, ref)) if ref else None
         if linked is None:
+            return sent
+        return (PolicyCandidate(number=linked, origin=LINK_ORIGIN), *sent)
+
+    def rank_candidates(
+        self, candidates: Sequence[PolicyCandidate], day: date | None
+    ) -> list[tuple[Standing, PolicyCandidate]]:
+        """The candidates best first: by registry standing (active, then inactive, unknown and
+        badly formatted last), ties kept in their order of preference. So a registered active
+        policy always wins, and a candidate failing the format never beats one passing it."""
+        standings = [(self.standing(c.number, day), c) for c in candidates]
+        return sorted(standings, key=lambda pair: pair[0])  # stable: preference breaks ties
+
+    def resolve(self, invoice: Invoice) -> Invoice:
+        """The invoice billed to the best of its candidate policies (`rank_candidates`), the
+        candidates and the origin of the chosen one recorded on the patient."""
+        candidates = self.candidates(invoice)
+        if not candidates:
             return invoice
-        patient = invoice.patient.model_copy(update={"policy_number": linked})
+        if len(candidates) == 1:  # the common case: nothing to rank
+            chosen = candidates[0]
+        else:
+            _standing, chosen = self.rank_candidates(candidates, invoice.invoice_date)[0]
+        patient = invoice.patient.model_copy(
+            update={
+                "policy_number": chosen.number,
+                "policy_source": chosen.origin,
+                "policy_candidates": candidates,
+            }
+        )
         return invoice.model_copy(update={"patient": patient})
 
     def check(self, invoice: Invoice) -> list[Issue]:
@@ -312,7 +375,15 @@ class PolicyChecker:
                 else "and no patient reference to link one"
             )
             return [Issue(Reason.POLICY_MISSING, path, f"no policy number on the invoice {why}")]
+        issues = self._registry_issues(invoice, number, path)
+        conflict = self._conflict(invoice, number, path)
+        return issues if conflict is None else [*issues, conflict]
+
+    def _registry_issues(self, invoice: Invoice, number: str, path: str) -> list[Issue]:
         masked = mask_policy(number)
+        source = invoice.patient.policy_source
+        if source is not None and source != RECORD_ORIGIN:
+            masked = f"{masked} (from {source})"
         if not self._format.search(number):
             return [
                 Issue(
@@ -337,3 +408,24 @@ class PolicyChecker:
                 )
             ]
         return []
+
+    def _conflict(self, invoice: Invoice, number: str, path: str) -> Issue | None:
+        """A warning naming the chosen candidate and the others when they disagree."""
+        candidates = invoice.patient.policy_candidates
+        if len({c.number for c in candidates}) < 2:
+            return None
+        day = invoice.invoice_date
+        source = invoice.patient.policy_source
+        others = "; ".join(
+            f"{c.origin} {mask_policy(c.number)} ({self.standing(c.number, day).describe()})"
+            for c in candidates
+            if c.number != number
+        )
+        used = f"{source or 'the invoice'} {mask_policy(number)}"
+        standing = self.standing(number, day).describe()
+        return Issue(
+            Reason.POLICY_CONFLICT,
+            path,
+            f"policy candidates disagree: used {used} ({standing}); not {others}",
+            severity="warning",
+        )

@@ -115,7 +115,14 @@ class HttpSettings(BaseModel):
     # The largest answer body, counted decompressed while it is read: a larger one fails the
     # source (not retried) before it is held whole, however small it was on the wire.
     max_response_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024)
-    concurrency: int = Field(8, ge=1, le=256)
+    # The most requests in flight at once. With `adaptive_concurrency` (the default) a ceiling:
+    # the client starts at `initial_concurrency` and finds the vendor's own bound between
+    # `min_concurrency` and this, from its latency and its 429/503 answers
+    # (connector/sources/limiter.py); without, a fixed bound.
+    concurrency: int = Field(64, ge=1, le=256)
+    adaptive_concurrency: bool = True
+    initial_concurrency: int = Field(4, ge=1, le=256)
+    min_concurrency: int = Field(1, ge=1, le=256)
     max_retries: int = Field(5, ge=0, le=20)
     backoff_base: Duration = timedelta(seconds=0.5)
     backoff_max: Duration = timedelta(seconds=30)
@@ -156,6 +163,9 @@ class SourceConfig(BaseModel):
     # When set, an item no rule matches gets this category (accepted with a warning) instead
     # of being quarantined as CATEGORY_UNMAPPED.
     fallback_category: Category | None = None
+    # Where a non-clinical line (cancellation/no-show fee, surcharge, gift voucher, admin or
+    # report-writing fee...) goes. None: CATEGORY_UNMAPPED, since MediTrak has no category for it.
+    non_clinical_category: Category | None = None
     # The `category_rules` file as `build_config` read and validated it: runs use exactly the
     # rules that were checked when the config loaded, without reading the file again.
     _loaded_rules: LoadedRules | None = PrivateAttr(default=None)
@@ -282,9 +292,68 @@ class DaemonSettings(BaseModel):
     # Backfill window claims and source lock rows expire this long after their last renewal
     # (renewed every third of it), so a killed worker's work is taken over after about this.
     lease: Duration = timedelta(seconds=60)
+    # A running sync checks that it still holds its source lock this often (and at most every
+    # third of `lease`); a lost lock cancels the run (docs/reliability.md, detection bound).
+    lock_check_interval: Duration = timedelta(seconds=5)
+    # One source's whole run may last this long; past it the run is cancelled and recorded as
+    # failed, and the other sources go on.
+    run_timeout: Duration = timedelta(hours=2)
     # /healthz and /metrics (Prometheus text); off unless a port is given (0: any free port).
     health_port: int | None = Field(None, ge=0, le=65535)
     health_host: str = "127.0.0.1"
+    # Also serve the import-contract API (and Bio Ecko webhooks) on that port, with `serve:`'s
+    # consumers, page sizes and TLS files, so no separate `connector serve` process is needed.
+    serve_api: bool = False
+
+    @model_validator(mode="after")
+    def _api_needs_a_port(self) -> DaemonSettings:
+        if self.serve_api and self.health_port is None:
+            raise ValueError("serve_api needs health_port: the API is served on that port")
+        return self
+
+
+class ServeConsumer(BaseModel):
+    """One consumer of `connector serve`: its key (stored as a SHA-256 hex digest only, see
+    `connector serve hash-key`) and the sources it may read ("*": every source)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=SOURCE_NAME)
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sources: tuple[str, ...] = Field(min_length=1)
+
+
+class ServeSettings(BaseModel):
+    """`connector serve`: the store as a MediTrak import-contract API (docs/serving.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8780, ge=0, le=65535)
+    # The largest `limit` a list request may ask for, and the one used when it asks none.
+    max_page_size: int = Field(500, ge=1, le=5000)
+    default_page_size: int = Field(50, ge=1, le=5000)
+    # Records written less than this long ago are not listed yet: covers batches that took
+    # their written_at before a slow commit (docs/serving.md, "Paging while syncs write").
+    settle: Duration = timedelta(0)
+    # TLS straight from uvicorn; leave unset behind a TLS-terminating reverse proxy.
+    tls_certfile: ConfigPath | None = None
+    tls_keyfile: ConfigPath | None = None
+    # One line per request through the connector's logging (route template, status, time,
+    # consumer name; never the query string, the key or a record).
+    access_log: bool = True
+    consumers: tuple[ServeConsumer, ...] = ()
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServeSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together")
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("default_page_size is larger than max_page_size")
+        names = [c.name for c in self.consumers]
+        if len(set(names)) != len(names):
+            raise ValueError("consumer names must be unique")
+        return self
 
 
 class AppConfig(BaseModel):
@@ -294,6 +363,7 @@ class AppConfig(BaseModel):
     logging: LoggingSettings = LoggingSettings()
     daemon: DaemonSettings = DaemonSettings()
     policies: PolicySettings = PolicySettings()
+    serve: ServeSettings = ServeSettings()
     sources: tuple[SourceConfig, ...] = ()
 
     def source(self, name: str) -> SourceConfig:

@@ -177,7 +177,7 @@ FIELD_SOURCES: dict[str, tuple[str, ...]] = {
     "status": ("status",),
     "facility": ("branch.name",),
     "patient.name": ("patient.name",),
-    "patient.policy_number": ("patient.insurance.policy_number",),
+    "patient.policy_number": ("patient.insurance.policy_number", "policy_link"),
     "items": ("line_items",),
     "items[].category": ("line_items[].department", "line_items[].service_name"),
     "items[].description": ("line_items[].service_name",),

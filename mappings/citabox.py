@@ -3,6 +3,11 @@
 A CitaBox invoice is flat: integer CRC cents, one free-text Spanish `service_description` and
 no line items, a payment status and a Hacienda e-invoice status. It becomes one canonical item
 (quantity 1 x the invoice total) that the category rules classify from its description.
+
+A source reading several clinics tags each record with the clinic it was read from (`_clinic`,
+see adapters/citabox.py): its invoices are then keyed "<clinic id>:<CitaBox id>", and the
+clinic's name is the facility unless the `facility` setting names one. Untagged records (one
+clinic) keep the plain CitaBox id, as stores written before several clinics expect.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connector.mapping.kit import MappingContext, SourceMapping, id_field, parse_payload
+from connector.errors import RecordError
+from connector.issues import Issue, Reason
+from connector.mapping.kit import MappingContext, SourceMapping, parse_payload
 from connector.mapping.lines import line_item
 from connector.mapping.types import Cents, OptionalText, Text, Timestamp
 from connector.model import Invoice, InvoiceStatus, LineItem, Patient
@@ -35,6 +42,19 @@ class PatientPayload(BaseModel):
         if parts:
             return " ".join(parts)
         return self.full_name or self.name
+
+
+class ClinicTag(BaseModel):
+    """The clinic the adapter read a record from (only when the source reads several)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    clinic_id: Text
+    clinic_name: OptionalText = None
+
+
+# Where the adapter tags a record read for several clinics with the clinic it was read from.
+CLINIC_TAG = "_clinic"
 
 
 class CitaBoxInvoicePayload(BaseModel):
@@ -60,6 +80,28 @@ class CitaBoxInvoicePayload(BaseModel):
     created_at: Timestamp = Field(alias="createdAt")
     updated_at: Timestamp | None = Field(None, alias="updatedAt")
     patient: PatientPayload | None = None
+    clinic: ClinicTag | None = Field(None, alias=CLINIC_TAG)
+
+
+def clinic_key(clinic_id: str, invoice_id: str) -> str:
+    """The key of an invoice of a source that reads several clinics: CitaBox ids are only
+    promised unique within a clinic."""
+    return f"{clinic_id}:{invoice_id}"
+
+
+def record_id(raw: Any) -> str | None:
+    """The record's key, as `to_canonical` keys its invoice (quarantine and release agree)."""
+    if not isinstance(raw, dict):
+        return None
+    value = raw.get("id")
+    if not isinstance(value, str | int) or isinstance(value, bool) or not str(value).strip():
+        return None
+    invoice_id = str(value).strip()
+    tag = raw.get(CLINIC_TAG)
+    clinic = tag.get("clinic_id") if isinstance(tag, dict) else None
+    if isinstance(clinic, str) and clinic.strip():
+        invoice_id = clinic_key(clinic.strip(), invoice_id)
+    return invoice_id[:200]
 
 
 def status_word(payment_status: str, hacienda_status: str) -> str:
@@ -96,9 +138,19 @@ def to_canonical(raw: Any, ctx: MappingContext) -> Invoice:
     record = parse_payload(CitaBoxInvoicePayload, raw)
     word = status_word(record.payment_status, record.hacienda_status)
     facility = ctx.options.get("facility")
+    invoice_id = record.id
+    if record.clinic is not None:
+        read_from = record.clinic.clinic_id
+        if record.clinic_id is not None and record.clinic_id != read_from:
+            # Served for one clinic but naming another: which clinic it belongs to is unknown.
+            said = f"the record was served for clinic {read_from} but names another clinic"
+            raise RecordError([Issue(Reason.FIELD_INVALID, "clinic_id", said)])
+        invoice_id = clinic_key(read_from, record.id)
+        if not (isinstance(facility, str) and facility):
+            facility = record.clinic.clinic_name
     return Invoice(
         source=ctx.source,
-        id=record.id,
+        id=invoice_id,
         # Drafts have no Hacienda consecutive yet; the CitaBox id is then the only number.
         invoice_number=record.hacienda_consecutive or record.id,
         # The clinic's day (config `timezone`), not the UTC day.
@@ -149,6 +201,6 @@ MAPPING = SourceMapping(
     vendor="citabox",
     status_map=STATUS_MAP,
     to_canonical=to_canonical,
-    record_id=id_field("id"),
+    record_id=record_id,
     field_sources=FIELD_SOURCES,
 )

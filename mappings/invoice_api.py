@@ -213,7 +213,7 @@ FIELD_SOURCES: dict[str, tuple[str, ...]] = {
     "status": ("status",),
     "facility": (),
     "patient.name": ("patient_lookup:first_name", "patient_lookup:last_name"),
-    "patient.policy_number": ("patient_lookup:insurance_policy_number",),
+    "patient.policy_number": ("patient_lookup:insurance_policy_number", "policy_link"),
     "items": ("items",),
     "items[].category": ("items[].category", "items[].name", "items[].description"),
     "items[].description": ("items[].name", "items[].description"),

@@ -1,6 +1,8 @@
 """Mapping of Splose invoices (`GET /v1/invoices` rows, line items included) to the canonical
 invoice: Title Case statuses, fractional quantities, "$20.00" discounts and per-item tax rates
-folded into MediTrak's quantity x unit price items, policy numbers from `referenceNumbers`.
+folded into MediTrak's quantity x unit price items, candidate policy numbers from the
+`referenceNumbers` entries labelled by `policy_reference_prefixes` (never Medicare/DVA numbers
+by default); validation chooses among them and the patient link.
 
 Splose rows name the patient only by `patientId`; the adapter attaches the patient resource
 (`GET /v1/patients/{id}`) under `_patient`, and this mapping reads the name from there.
@@ -42,7 +44,14 @@ from connector.mapping.types import (
     parse_decimal,
     to_utc,
 )
-from connector.model import Invoice, InvoiceStatus, LineItem, Patient, to_cents
+from connector.model import (
+    Invoice,
+    InvoiceStatus,
+    LineItem,
+    Patient,
+    PolicyCandidate,
+    to_cents,
+)
 
 # Splose's three documented words. A Draft is not yet billable; "Awaiting Payment" is issued.
 STATUS_MAP = {
@@ -51,9 +60,13 @@ STATUS_MAP = {
     "Paid": InvoiceStatus.PAID,
 }
 
-# `referenceNumbers` entries ("Medicare: 12345678") whose label names an insurance policy, in
-# order of preference; config `policy_reference_prefixes` replaces the list.
-DEFAULT_POLICY_PREFIXES: tuple[str, ...] = ("Medicare", "Policy", "Insurance")
+# `referenceNumbers` entries ("Policy: POL-123456") whose label names an insurance policy, in
+# order of preference; config `policy_reference_prefixes` replaces the list. Splose documents
+# the field as the invoice's provider numbers ("Medicare: 12345678"): Medicare and DVA numbers
+# are government schemes, not the clinic's insurance policy, so they are not candidates unless
+# a source lists them (and even then a number failing the registry format never wins).
+DEFAULT_POLICY_PREFIXES: tuple[str, ...] = ("Policy", "Insurance")
+PROVIDER_NUMBER_LABELS: tuple[str, ...] = ("Medicare", "DVA")
 POLICY_PREFIXES_OPTION = "policy_reference_prefixes"
 
 TaxStatus = Literal["including", "excluding", "no tax"]
@@ -180,23 +193,37 @@ def canonical_item(item: SploseItemPayload, tax_status: TaxStatus, ctx: MappingC
     )
 
 
-def policy_from_references(
+def policy_candidates(
     references: Sequence[str | None] | None, prefixes: Sequence[str]
-) -> str | None:
-    """The value of the first "Label: value" reference whose label is a policy prefix
-    (prefixes in order of preference, labels compared case-insensitively)."""
-    labelled: dict[str, str] = {}
+) -> tuple[PolicyCandidate, ...]:
+    """Every "Label: value" reference whose label is a policy prefix, as candidates in order
+    of preference: by prefix (labels compared case-insensitively), then by entry order; the
+    origin names the field and the prefix, e.g. `referenceNumbers[Policy]`."""
+    labelled: dict[str, list[str]] = {}
     for entry in references or ():
         if not entry or ":" not in entry:
             continue
         label, _, value = entry.partition(":")
         if value.strip():
-            labelled.setdefault(label.strip().lower(), value.strip())
+            labelled.setdefault(label.strip().lower(), []).append(value.strip())
+    found: list[PolicyCandidate] = []
+    seen: set[str] = set()
     for prefix in prefixes:
-        found = labelled.get(prefix.strip().lower())
-        if found:
-            return found
-    return None
+        key = prefix.strip().lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        origin = f"referenceNumbers[{prefix.strip()}]"
+        found.extend(PolicyCandidate(number=v, origin=origin) for v in labelled.get(key, ()))
+    return tuple(found)
+
+
+def policy_from_references(
+    references: Sequence[str | None] | None, prefixes: Sequence[str]
+) -> str | None:
+    """The most preferred candidate's number (`policy_candidates`), or None."""
+    found = policy_candidates(references, prefixes)
+    return found[0].number if found else None
 
 
 def _patient_name(patient: SplosePatientPayload | None) -> str | None:
@@ -215,6 +242,7 @@ def _invoice_date(moment: date | datetime, ctx: MappingContext) -> date:
 def to_canonical(raw: Any, ctx: MappingContext) -> Invoice:
     record = parse_payload(SploseInvoicePayload, raw)
     prefixes = ctx.options.get(POLICY_PREFIXES_OPTION) or DEFAULT_POLICY_PREFIXES
+    candidates = policy_candidates(record.reference_numbers, prefixes)
     return Invoice(
         source=ctx.source,
         id=record.id,
@@ -229,8 +257,11 @@ def to_canonical(raw: Any, ctx: MappingContext) -> Invoice:
         facility=None,
         patient=Patient(
             name=_patient_name(record.patient),
-            policy_number=policy_from_references(record.reference_numbers, prefixes),
+            # The vendor's preferred candidate until validation resolves the policy against
+            # the registry and the patient's link (connector.policies).
+            policy_number=candidates[0].number if candidates else None,
             source_ref=record.patient_id,
+            policy_candidates=candidates,
         ),
         items=tuple(canonical_item(i, record.tax_status, ctx) for i in record.invoice_items),
         source_updated_at=ctx.utc(record.updated_at),
@@ -256,7 +287,7 @@ FIELD_SOURCES: dict[str, tuple[str, ...]] = {
     "status": ("status",),
     "facility": (),
     "patient.name": ("patient_lookup:firstName", "patient_lookup:lastName"),
-    "patient.policy_number": ("referenceNumbers",),
+    "patient.policy_number": ("referenceNumbers", "policy_link"),
     "items": ("invoiceItems",),
     "items[].category": (
         "invoiceItems[].code",

@@ -135,8 +135,12 @@ class AdapterContract:
             async with adapter:
                 count = 0
                 async for page in adapter.fetch_pages(FetchRequest()):
+                    # Once: detail calls of the next page may be in flight, and a token
+                    # expiring again before a replayed request is answered is a second 401
+                    # (an AuthError by design), not something a vendor does in milliseconds.
+                    if count == 0:
+                        dialect.expire_tokens()
                     count += len(page.records) + len(page.failures)
-                    dialect.expire_tokens()
                 auth = adapter.client._client.auth
                 return count, getattr(auth, "token_requests", -1)
 

@@ -20,8 +20,9 @@ PACKAGES = ("connector", "adapters", "mappings")
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("connector.__main__",),
     ("connector.cli",),
-    ("connector.serve",),
     ("connector.daemon",),
+    # The HTTP server: below the daemon, which can host it (`connector.serve.host`).
+    ("connector.serve",),
     # Tools over the whole stack: integration reports and the fake vendor APIs.
     ("connector.validate", "connector.reports", "connector.sandbox"),
     ("connector.config",),

@@ -526,3 +526,117 @@ def test_every_vendor_fixture_item_records_its_rule(vendor: str) -> None:
             mapped += 1
     if mapped == 0:
         pytest.skip(f"no {vendor} fixture maps to an invoice with items yet")
+
+
+# ----------------------------------------------------------------------------- variants, precedence
+
+
+@pytest.mark.parametrize(
+    ("description", "category", "how"),
+    [
+        # plural and gender variants of a keyword word
+        ("Suturas", Category.SURGERY, "sutur"),
+        ("Bridges", Category.DENTAL, "plural/gender"),
+        ("Lunares", Category.SURGERY, "plural/gender"),
+        ("Biopsies", Category.SURGERY, "biops"),
+        # a shared Snowball stem
+        ("Ear wax removed", Category.SURGERY, "English stem 'remov'"),
+        # a drug-family ending from the lexicon
+        ("Flucloxacillin 500mg", Category.PHARMACY, "lexicon"),
+        ("Atorvastatina 20", Category.PHARMACY, "ends with 'statina'"),
+    ],
+)
+def test_keywords_match_plural_gender_stem_and_ending_variants(
+    description: str, category: Category, how: str
+) -> None:
+    explanation = default_rules().explain(None, description)
+    assert explanation.match.category is category
+    fired = next(step for step in explanation.steps if step.matched)
+    assert how in fired.detail
+
+
+@pytest.mark.parametrize(
+    ("description", "category"),
+    [
+        # an imaging modality beats the organ or the test it looks at
+        ("Thyroid ultrasound", Category.RADIOLOGY),
+        ("Liver ultrasound", Category.RADIOLOGY),
+        ("Ecografía hepática", Category.RADIOLOGY),
+        ("MRI of the eye orbit", Category.RADIOLOGY),
+        ("Dental X-ray", Category.RADIOLOGY),
+        # ...except in pregnancy, and as a physiotherapy treatment
+        ("Obstetric ultrasound", Category.OBSTETRICS),
+        ("Fetal ultrasound", Category.OBSTETRICS),
+        ("Ecografía del embarazo 20 semanas", Category.OBSTETRICS),
+        ("Therapeutic ultrasound", Category.PHYSIOTHERAPY),
+        # a medicine's form beats the organ it treats
+        ("Eye drops", Category.PHARMACY),
+        ("Gotas óticas", Category.PHARMACY),
+        # a measured value is laboratory, the same value as a product is pharmacy
+        ("Vitamin D level", Category.LABORATORY),
+        ("Vitamin D 1000 IU capsules", Category.PHARMACY),
+        # removing something is surgery; looking at it a consultation
+        ("Mole removal", Category.SURGERY),
+        ("Mole check", Category.CONSULTATION),
+        # a specialist's consultation, though the department word belongs elsewhere
+        ("Haematology consultation", Category.CONSULTATION),
+        ("Haematology", Category.LABORATORY),
+    ],
+)
+def test_documented_precedence(description: str, category: Category) -> None:
+    assert default_rules()(None, description).category is category
+
+
+def test_explain_says_which_later_rule_lost() -> None:
+    explanation = default_rules().explain(None, "Ultrasound-guided biopsy")
+    assert explanation.match.rule == "keyword:radiology/ultrasound"
+    beaten = [s for s in explanation.steps if not s.matched and "precedence:" in s.detail]
+    assert any(
+        s.rule == "keyword:surgery/biopsy"
+        and "keyword:radiology/ultrasound comes first" in s.detail
+        for s in beaten
+    ), [s.detail for s in beaten]
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        (
+            "lexicon:\n  Bad-Name: [x]\n  mine: ['*ab', 'ok*']\n",
+            ["'Bad-Name' is not a lexicon name", "'*ab' is an `*ending` shorter than three"],
+        ),
+        (
+            "non_clinical:\n  - keywords: [fee]\nrules:\n  - category: dental\n"
+            "    keywords: ['=*tooth']\n",
+            ["non_clinical[0].name", "'=*tooth' uses more than one mark"],
+        ),
+        (
+            "non_clinical:\n  - name: parking\n    keywords: ['@nowhere']\n",
+            ["non_clinical[0]: no lexicon list 'nowhere'"],
+        ),
+    ],
+)
+def test_rules_files_check_lexicons_and_keyword_marks(
+    tmp_path: Path, text: str, needles: list[str]
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_rule_set(write(tmp_path, text))
+    for needle in needles:
+        assert needle in str(caught.value), (needle, str(caught.value))
+
+
+def test_a_rules_file_adds_lexicon_entries_and_non_clinical_kinds(tmp_path: Path) -> None:
+    extra = write(
+        tmp_path,
+        """
+lexicon:
+  drug_names: [panadol]
+non_clinical:
+  - name: locker hire
+    keywords: [locker*]
+""",
+    )
+    categorize = load_rule_set(extra).categorizer(["citabox"])
+    assert categorize(None, "Panadol").category is Category.PHARMACY
+    assert categorize(None, "Locker hire").rule == "non-clinical:locker hire"
+    assert categorize(None, "Amoxicillin").category is Category.PHARMACY

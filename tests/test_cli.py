@@ -121,10 +121,14 @@ def test_export_csv_has_one_row_per_line_item(synced: Synced, connector: Run) ->
 
 
 def table_rows(stdout: str) -> dict[str, list[str]]:
-    """Rows of a rich table printed without colour: source → cells."""
+    """Rows of a rich table printed without colour, or of the plain table printed off a
+    terminal (columns two spaces apart): source → cells."""
     rows = {}
     for line in stdout.splitlines():
-        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if "│" in line:
+            cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        else:
+            cells = [c.strip() for c in line.strip().split("  ") if c.strip()]
         if len(cells) > 3 and cells[0] and cells[0] != "source":
             rows[cells[0]] = cells
     return rows

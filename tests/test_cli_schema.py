@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import typer
+import yaml
 from typer.testing import CliRunner, Result
 
 from connector.cli import schema
@@ -27,6 +28,7 @@ from connector.mapping.kit import CANONICAL_FIELDS
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.store import Store
 from tests.conftest import FAST_HTTP, seed_registry, sources_for, sync_wired, write_config
+from tests.test_rest_equivalence import EXAMPLES
 
 BUILTIN_TYPES = ("bio_ecko", "citabox", "invoice_api", "meditrak", "meditrak_import", "splose")
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -218,3 +220,43 @@ def test_executable_exits_2_on_an_unknown_type_or_source(connector: Run, synced:
     done = connector("-c", str(synced.config_path), "schema", "--source", "nowhere")
     assert done.returncode == 2
     assert "no source named 'nowhere'" in done.stderr
+
+
+def test_a_rest_source_shows_the_vendor_paths_of_its_own_fields(
+    connector: Run, tmp_path: Path
+) -> None:
+    """A `rest` source is mapped by its config: `schema --source` reads that source's
+    `fields:` (the shipped Invoice API example) instead of saying "setting:fields.*"."""
+    text = (EXAMPLES / "invoice_api.rest.yaml").read_text(encoding="utf-8")
+    # Never called: schema reads the config alone.
+    for variable, value in (
+        ("INVOICE_API_URL", "http://127.0.0.1:9/api/"),
+        ("INVOICE_API_USER", "schema-user"),
+        ("INVOICE_API_PASSWORD", "schema-password-0001"),
+    ):
+        text = text.replace(f"${{{variable}}}", value)
+    (source,) = yaml.safe_load(text)["sources"]
+    config = write_config(tmp_path / "connector.yaml", {"sources": [source]})
+    name = source["name"]
+    done = connector("-c", str(config), "schema", "--source", name, "--json")
+    assert done.returncode == 0, done.stderr
+    fields = json.loads(done.stdout)["fields"]
+    assert list(fields) == list(CANONICAL_FIELDS)
+    assert fields["id"] == ["id"] and fields["invoice_number"] == ["reg_number"]
+    assert fields["patient.name"] == ["_patient.first_name", "_patient.last_name"]
+    assert fields["patient.policy_number"] == ["_patient.insurance_policy_number", "policy_link"]
+    assert fields["items"] == ["items"]
+    assert fields["items[].category"] == [
+        "items[].category",
+        "items[].name",
+        "items[].description",
+    ]
+    assert fields["items[].total"][0] == "items[].total"
+    assert fields["facility"] == []
+    assert not any(p.startswith("setting:") for paths in fields.values() for p in paths)
+    # The table off a terminal: plain lines, the real paths, no box drawing.
+    done = connector("-c", str(config), "schema", "--source", name)
+    assert done.returncode == 0, done.stderr
+    assert "_patient.insurance_policy_number, policy_link" in done.stdout
+    assert "items[].unit_price" in done.stdout and "setting:" not in done.stdout
+    assert not set("┃━│─┏┓┗┛") & set(done.stdout)

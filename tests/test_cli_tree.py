@@ -27,6 +27,7 @@ TOP_LEVEL = (
     "run",
     "backfill",
     "backfill-status",
+    "serve",
     "validate",
     "report",
     "categories",
@@ -34,12 +35,15 @@ TOP_LEVEL = (
     "quarantine",
     "config",
     "schema",
+    "mapping",
 )
 GROUPS = {
     "categories": ("explain",),
     "policies": ("import", "link", "list"),
     "quarantine": ("list", "show", "reasons"),
     "config": ("check",),
+    "serve": ("hash-key",),
+    "mapping": ("check",),
 }
 
 

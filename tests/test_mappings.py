@@ -169,6 +169,7 @@ _PURE_IMPORTS = (
     "pydantic",
     "pydantic_core",
     "connector.mapping",
+    "connector.masking",
     "connector.model",
     "connector.errors",
     "connector.issues",

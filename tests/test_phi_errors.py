@@ -246,3 +246,182 @@ def test_the_adapters_own_error_describers_filter_vendor_text() -> None:
     assert "page must be a number" in (
         describe_nestjs_error(httpx.Response(400, json=nestjs)) or ""
     )
+
+
+# -- the detail endpoint ---------------------------------------------------------------------
+
+# MediTrak lists summaries, then asks for each invoice's detail: the list here is fine and
+# carries no patient datum; every detail answer is broken, with the sentinels in its body.
+# Each case: the detail answer, a phrase the run error or the quarantine message must contain,
+# and whether the run fails (a 404 only quarantines its record, DETAIL_UNAVAILABLE).
+DETAIL_CASES: dict[str, tuple[Callable[[], web.Response], str, bool]] = {
+    "detail_malformed": (
+        lambda: web.Response(
+            body=json.dumps({"success": True, "invoice": {"patient": PATIENT, "notes": SAYS}})
+            .replace('"notes"', "notes")
+            .encode(),
+            content_type="application/json",
+        ),
+        "answered non-JSON",
+        True,
+    ),
+    "detail_truncated": (
+        lambda: web.Response(
+            body=json.dumps({"success": True, "invoice": {"patient": PATIENT}}).encode()[:60],
+            content_type="application/json",
+        ),
+        "truncated?",
+        True,
+    ),
+    "detail_html": (
+        lambda: web.Response(
+            text=f"<html><head><title>{NAME}</title></head><body><p>{SAYS}</p></body></html>",
+            content_type="text/html",
+        ),
+        "looks like HTML",
+        True,
+    ),
+    "detail_html_502": (
+        lambda: web.Response(
+            status=502,
+            text=f"<html><body><h1>Bad Gateway</h1>{SAYS}</body></html>",
+            content_type="text/html",
+        ),
+        "502 from GET invoices/INV-1/",
+        True,
+    ),
+    "detail_404": (
+        lambda: _json(404, {"success": False, "error": SAYS, "code": "INVOICE_NOT_FOUND"}),
+        "INVOICE_NOT_FOUND",
+        False,
+    ),
+    "detail_422": (
+        lambda: _json(422, {"detail": [{"loc": ["path", NAME], "msg": SAYS, "input": PATIENT}]}),
+        "422 from GET invoices/INV-1/",
+        True,
+    ),
+    "detail_500": (
+        lambda: _json(500, {"error": "Internal Server Error", "message": SAYS, "patient": PATIENT}),
+        "500 from GET invoices/INV-1/",
+        True,
+    ),
+    "detail_wrong_envelope": (
+        lambda: _json(200, {"success": True, "invoice": [PATIENT, SAYS]}),
+        "no 'invoice' object",
+        True,
+    ),
+    # The schema mismatch: every field of the wrong type, each holding a sentinel.
+    "detail_schema": (
+        lambda: _json(
+            200,
+            {
+                "success": True,
+                "invoice": {
+                    "invoice_id": "INV-1",
+                    "invoice_number": POLICY,
+                    "service_date": NAME,
+                    "total_amount": NAME,
+                    "status": EMAIL,
+                    "patient": {"name": [NAME], "policy_number": {"n": POLICY}},
+                    "items": [{"category": NAME, "description": SAYS, "unit_price": EMAIL}],
+                },
+            },
+        ),
+        "FIELD_INVALID",
+        False,
+    ),
+}
+
+
+def _detail_vendor() -> web.Application:
+    async def listing(request: web.Request) -> web.Response:
+        return _json(200, {"invoices": [{"invoice_id": "INV-1"}], "pagination": {"total_count": 1}})
+
+    async def detail(request: web.Request) -> web.Response:
+        answer, _, _ = DETAIL_CASES[request.match_info["case"]]
+        return answer()
+
+    app = web.Application()
+    app.router.add_get("/{case}/invoices/", listing)
+    app.router.add_get("/{case}/invoices/{invoice_id}/", detail)
+    return app
+
+
+@pytest.fixture(scope="module")
+def detail_synced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """The config and store of a source per detail case, the vendor still serving."""
+    directory = tmp_path_factory.mktemp("phi-detail")
+    store = directory / "store.db"
+    with serve_app(_detail_vendor()) as url:
+        sources = [
+            {
+                "type": "meditrak",
+                "name": case,
+                "base_url": f"{url}/{case}/",
+                "api_key": "k-phi-test-0002",
+                "http": FAST_HTTP,
+            }
+            for case in DETAIL_CASES
+        ]
+        config = write_config(
+            directory / "connector.yaml", {"store": {"url": str(store)}, "sources": sources}
+        )
+        yield config, store
+
+
+def test_no_sentinel_from_a_detail_answer_reaches_any_output_or_the_store(
+    detail_synced: tuple[Path, Path], connector: Connector
+) -> None:
+    config, store = detail_synced
+    outputs: dict[str, str] = {}
+    commands: list[tuple[str, ...]] = [
+        ("sync",),
+        ("status",),
+        ("status", "--json"),
+        ("report", "-f", "md"),
+        ("report", "-f", "html"),
+        ("quarantine", "list"),
+    ]
+    for args in commands:
+        done = connector("-c", str(config), "--log-level", "debug", *args)
+        outputs[" ".join(args)] = done.stdout + done.stderr
+    for case in DETAIL_CASES:
+        report = config.with_name(f"validate-{case}.html")
+        done = connector("-c", str(config), "validate", "-s", case, "-f", "html", "-o", str(report))
+        assert done.returncode != 0, (case, done.stdout + done.stderr)
+        outputs[f"validate {case}"] = report.read_text(encoding="utf-8") + done.stdout + done.stderr
+    with sqlite3.connect(store) as db:
+        errors = dict(db.execute("SELECT source, error FROM sync_run WHERE status = 'failed'"))
+        quarantined = dict(db.execute("SELECT source, issues FROM quarantine"))
+        states = " ".join(str(row) for row in db.execute("SELECT * FROM sync_state"))
+    failing = {case for case, (_, _, fails) in DETAIL_CASES.items() if fails}
+    assert set(errors) == failing, errors
+    assert set(quarantined) == set(DETAIL_CASES) - failing
+    stored = {**errors, **quarantined}
+    leaked = {case: _leaks(text) for case, text in stored.items() if _leaks(text)}
+    leaked |= {f"`{cmd}`": _leaks(text) for cmd, text in outputs.items() if _leaks(text)}
+    if _leaks(states):
+        leaked["sync_state"] = _leaks(states)
+    assert leaked == {}, leaked
+    # Still descriptive: each failure (or quarantined record) says what was wrong.
+    for case, (_, phrase, _) in DETAIL_CASES.items():
+        said = errors.get(case) or quarantined[case]
+        assert phrase in said, (case, said)
+
+
+def test_a_schema_mismatch_quotes_no_sentinel_in_the_quarantine_issues(
+    detail_synced: tuple[Path, Path], connector: Connector
+) -> None:
+    config, store = detail_synced
+    connector("-c", str(config), "sync", "-s", "detail_schema")
+    with sqlite3.connect(store) as db:
+        rows = list(db.execute("SELECT id, issues FROM quarantine WHERE source = 'detail_schema'"))
+    assert rows
+    shown = connector("-c", str(config), "quarantine", "show", str(rows[0][0]))
+    # The issues (stored, and as `quarantine show` prints them) quote no vendor text. The raw
+    # payload that `quarantine show` prints after them is the operator's view of the record,
+    # masked by key (names, policies; `--reveal` shows all), so a name sent in a date field
+    # shows there by design.
+    issues_shown = shown.stdout.split("canonical attempt:")[0]
+    assert _leaks(rows[0][1] + issues_shown) == []
+    assert "(text withheld)" in rows[0][1]

@@ -21,7 +21,15 @@ from connector.config import build_config
 from connector.errors import ConfigError, StoreError
 from connector.issues import Reason
 from connector.masking import mask_name, mask_payload, mask_policy
-from connector.model import Category, Invoice, InvoiceStatus, LineItem, Patient
+from connector.model import (
+    LINK_ORIGIN,
+    RECORD_ORIGIN,
+    Category,
+    Invoice,
+    InvoiceStatus,
+    LineItem,
+    Patient,
+)
 from connector.policies import (
     PatientLink,
     PolicyChecker,
@@ -151,9 +159,24 @@ def test_link_resolution_puts_the_policy_on_the_canonical_invoice() -> None:
     assert [i.code for i in checker.check(linked_unknown)] == [Reason.POLICY_UNKNOWN]
 
 
-def test_an_invoice_policy_wins_over_the_link() -> None:
-    resolved = PolicyChecker(SNAPSHOT).resolve(invoice("POL-100003", source="citabox", ref="pat-7"))
-    assert resolved.patient.policy_number == "POL-100003"
+def test_the_better_standing_wins_between_the_invoice_policy_and_the_link() -> None:
+    # Issue 14: the candidate registered and active is billed, whichever side offers it, and
+    # the disagreement is a warning (POLICY_CONFLICT), never a block.
+    checker = PolicyChecker(SNAPSHOT)
+    resolved = checker.resolve(invoice("POL-100003", source="citabox", ref="pat-7"))
+    assert resolved.patient.policy_number == "POL-100001"
+    assert resolved.patient.policy_source == LINK_ORIGIN
+    issues = checker.check(resolved)
+    assert [(i.code, i.severity) for i in issues] == [(Reason.POLICY_CONFLICT, "warning")]
+    assert "POL-100003" not in issues[0].message and "POL-100001" not in issues[0].message
+    # pat-9's link names an unregistered policy: the invoice's active one wins.
+    resolved = checker.resolve(invoice("POL-100001", source="citabox", ref="pat-9"))
+    assert resolved.patient.policy_number == "POL-100001"
+    assert resolved.patient.policy_source == RECORD_ORIGIN
+    assert [i.code for i in checker.check(resolved)] == [Reason.POLICY_CONFLICT]
+    # Both active: the operator's link is preferred.
+    resolved = checker.resolve(invoice("POL-100002", source="citabox", ref="pat-7"))
+    assert resolved.patient.policy_number == "POL-100001"
 
 
 def test_empty_registry_knows_nothing() -> None:

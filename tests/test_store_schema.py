@@ -38,6 +38,7 @@ TABLES = {
     "patient_link",
     "backfill_window",
     "source_lock",
+    "webhook_event",
 }
 
 

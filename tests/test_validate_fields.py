@@ -180,3 +180,29 @@ def test_an_undeclared_field_is_said_not_guessed(
     # The finding itself is still reported, under the vendor's own path.
     paths = {i["path"] for r in report["records"] for i in r["issues"]}
     assert "service_date" in paths
+
+
+def test_a_rest_source_is_attributed_through_its_own_fields_config() -> None:
+    """The `rest` type is mapped by each source's `fields:`: its errors on vendor paths are
+    attributed through that source's real paths, not the type's `setting:fields.*`."""
+    from connector.mapping.declarative import FieldMapping
+    from mappings import rest
+
+    fields = FieldMapping.model_validate(
+        {
+            "id": "id",
+            "total_amount": "totals.grand",
+            "status": "state",
+            "patient": {"name": "client.name", "ref": "client.id"},
+            "items": {"path": "lines", "description": "text", "unit_price": "amount"},
+        }
+    )
+    typed = FieldSources.of(rest.MAPPING)
+    assert typed.vendor_fields_of(_at("totals.grand")) == ()
+    sources = FieldSources.of(rest.MAPPING, {"fields": fields})
+    assert sources.vendor_fields_of(_at("totals.grand")) == ("total_amount",)
+    assert sources.vendor_fields_of(_at("lines.2.amount")) == ("items[].unit_price",)
+    assert sources.vendor_fields_of(_at("client.name")) == ("patient.name",)
+    assert sources.declared["patient.policy_number"] == ("policy_link",)
+    assert sources.declared["items[].quantity"] == ()  # the default constant 1: no vendor field
+    assert sources.undeclared() == []

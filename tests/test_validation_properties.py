@@ -19,7 +19,7 @@ from connector.mapping.types import MAX_AMOUNT
 from connector.model import Category, ImportRecord, Invoice, InvoiceStatus, LineItem, Patient
 from connector.pipeline.categories import FALLBACK_RULE, fallback_warnings, load_rule_set
 from connector.pipeline.validation import normalized, validate_invoice
-from connector.policies import PolicyChecker, PolicyRecord, RegistrySnapshot
+from connector.policies import PolicyChecker, PolicyRecord, RegistrySnapshot, Standing
 
 POLICY_REASONS = {
     Reason.POLICY_MISSING,
@@ -148,18 +148,27 @@ def test_any_invoice_is_accepted_or_has_an_error_reason(invoice: Invoice) -> Non
     record = ImportRecord.model_validate(normalized(resolved).to_import_record())
     assert record.patient.policy_number in REGISTRY.policies
     assert all(item.category is not None for item in resolved.items)
-    # Warnings never block, and only a fallback category produces CATEGORY_UNMAPPED ones.
+    # Warnings never block: only a fallback category (CATEGORY_UNMAPPED) or candidate
+    # policies that disagree (POLICY_CONFLICT) produce them.
     for issue in issues:
-        assert issue.code is Reason.CATEGORY_UNMAPPED and issue.severity == "warning"
+        assert issue.severity == "warning"
+        assert issue.code in (Reason.CATEGORY_UNMAPPED, Reason.POLICY_CONFLICT)
+        if issue.code is Reason.POLICY_CONFLICT:
+            assert len({c.number for c in resolved.patient.policy_candidates}) > 1
 
 
 @settings(max_examples=400, deadline=None)
 @given(invoices())
 def test_policy_check_never_raises_and_only_reports_policy_reasons(invoice: Invoice) -> None:
     resolved = CHECKER.resolve(invoice)
-    issues = CHECKER.check(resolved)
+    all_issues = CHECKER.check(resolved)
+    issues = errors_only(all_issues)
     assert len(issues) <= 1
-    assert all(i.code in POLICY_REASONS and i.severity == "error" for i in issues)
+    assert all(i.code in POLICY_REASONS for i in issues)
+    # The only warning: candidates that disagree (here the record's policy and the link).
+    warnings = [i for i in all_issues if i.severity == "warning"]
+    disagree = len({c.number for c in resolved.patient.policy_candidates}) > 1
+    assert [w.code for w in warnings] == ([Reason.POLICY_CONFLICT] if disagree else [])
     number = (resolved.patient.policy_number or "").strip()
     if not issues:
         policy = REGISTRY.policies[number]
@@ -167,12 +176,23 @@ def test_policy_check_never_raises_and_only_reports_policy_reasons(invoice: Invo
         assert resolved.invoice_date is None or policy.valid_on(resolved.invoice_date)
     elif not number:
         assert issues[0].code is Reason.POLICY_MISSING
-    # Resolution only ever fills a missing policy number, and only from a link.
-    if (invoice.patient.policy_number or "").strip():
+    # Resolution only chooses among the record's policy and the link (docs/sources.md):
+    # nothing else about the invoice changes, and an active candidate is never passed over.
+    sent = (invoice.patient.policy_number or "").strip()
+    ref = invoice.patient.source_ref
+    linked = REGISTRY.links.get((invoice.source, ref)) if ref else None
+    offered = {n for n in (sent, linked) if n}
+    if not offered:
         assert resolved == invoice
-    elif resolved != invoice:
-        key = (invoice.source, invoice.patient.source_ref)
-        assert resolved.patient.policy_number == REGISTRY.links[key]  # type: ignore[index]
+        return
+    assert number in offered
+    billed = invoice.patient.model_copy(update={"policy_number": number})
+    assert resolved.model_dump() == invoice.model_copy(update={"patient": billed}).model_dump()
+    active = [n for n in offered if CHECKER.standing(n, invoice.invoice_date) is Standing.ACTIVE]
+    if active:
+        assert not issues
+    if linked in active:
+        assert number == linked
 
 
 @settings(max_examples=300, deadline=None)

@@ -21,12 +21,14 @@ from connector.cli import (
     config,
     daemon,
     export,
+    mapping_check,
     policies,
     quarantine,
     reports,
     reprocess,
     sandbox,
     schema,
+    serve,
     status,
     sync,
 )
@@ -41,12 +43,14 @@ COMMAND_MODULES = (
     sandbox,  # sandbox, demo
     reprocess,  # reprocess
     daemon,  # run, backfill, backfill-status
+    serve,  # serve, serve hash-key
     reports,  # validate, report
     categories,  # categories explain
     policies,  # policies import | link | list
     quarantine,  # quarantine list | show | reasons
     config,  # config check
     schema,  # schema
+    mapping_check,  # mapping check
 )
 
 DISTRIBUTION = "invoice-connector"

@@ -1,4 +1,5 @@
-"""`connector categories explain`: which category rule places an item, and every rule tried."""
+"""`connector categories explain`: which category rule places an item, every rule tried, the
+keyword, stem or lexicon entry that fired, and which rule won over which (precedence)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import typer
 
 from connector.cli.common import err, load, out, state
 from connector.errors import ConfigError
+from connector.model import Category
 from connector.pipeline.categories import Categorizer, categorizer_for, load_rule_set
 from connector.sources.discovery import source_types
 
@@ -17,7 +19,9 @@ commands = typer.Typer(
 )
 
 
-def _explain_categorizer(source: str | None, rules: Path | None) -> Categorizer:
+def _explain_categorizer(
+    source: str | None, rules: Path | None, non_clinical: Category | None
+) -> Categorizer:
     if source is not None and state.config_path.exists():
         config = load()
         try:
@@ -25,9 +29,12 @@ def _explain_categorizer(source: str | None, rules: Path | None) -> Categorizer:
         except ConfigError:
             configured = None
         if configured is not None:
+            changes: dict[str, object] = {}
             if rules is not None:
-                configured = configured.model_copy(update={"category_rules": str(rules)})
-            return categorizer_for(configured)
+                changes["category_rules"] = str(rules)
+            if non_clinical is not None:
+                changes["non_clinical_category"] = non_clinical
+            return categorizer_for(configured.model_copy(update=changes))
     rule_set = load_rule_set(rules)
     known_keys = sorted({*rule_set.source_keys(), *source_types()})
     if source is not None and source not in known_keys:
@@ -39,7 +46,7 @@ def _explain_categorizer(source: str | None, rules: Path | None) -> Categorizer:
             ],
             origin="categories explain",
         )
-    return rule_set.categorizer([source] if source else [])
+    return rule_set.categorizer([source] if source else [], non_clinical_category=non_clinical)
 
 
 @commands.command("explain")
@@ -56,10 +63,19 @@ def categories_explain(
     rules: Annotated[
         Path | None, typer.Option("--rules", help="An extra rules file to try in front.")
     ] = None,
+    non_clinical: Annotated[
+        Category | None,
+        typer.Option(
+            "--non-clinical-category",
+            help="Try a source setting `non_clinical_category` (where fees and other "
+            "non-clinical lines go).",
+        ),
+    ] = None,
 ) -> None:
-    """Print which category rule would place TEXT, and every rule tried before it."""
+    """Print which category rule would place TEXT, every rule tried, how each keyword matched
+    (same word, plural/gender, English/Spanish stem, lexicon entry) and which rule won."""
     try:
-        categorizer = _explain_categorizer(source, rules)
+        categorizer = _explain_categorizer(source, rules, non_clinical)
     except ConfigError as exc:
         err.print(str(exc), highlight=False, markup=False)
         raise typer.Exit(2) from None
@@ -71,6 +87,9 @@ def categories_explain(
         out.print(f"  {mark}  {step.rule:<44} {step.detail}", highlight=False, markup=False)
     match = explanation.match
     if match.category is None:
-        out.print("=> no category: CATEGORY_UNMAPPED (quarantined)", highlight=False)
+        why = f" by rule {match.rule}" if match.rule else ""
+        out.print(
+            f"=> no category{why}: CATEGORY_UNMAPPED (quarantined)", highlight=False, markup=False
+        )
         raise typer.Exit(1)
     out.print(f"=> {match.category.value}  (rule {match.rule})", highlight=False, markup=False)

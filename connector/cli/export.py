@@ -98,7 +98,7 @@ def export(
         raise typer.Exit(2)
     config = load()
     count = 0
-    with open_store(config) as store, private_output(output) as handle:
+    with open_store(config, read_only=True) as store, private_output(output) as handle:
         invoices = store.iter_invoices(source, include_void=include_void)
         if fmt == "jsonl":
             for invoice in invoices:

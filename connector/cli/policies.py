@@ -23,6 +23,7 @@ from connector.cli.common import (
     open_store,
     out,
     print_json,
+    show,
 )
 from connector.errors import ConnectorError
 from connector.issues import Reason
@@ -262,7 +263,7 @@ def policies_list(reveal: RevealOpt = False, fmt: TextOrJsonOpt = "text") -> Non
     """The registry, policy numbers and holders masked unless --reveal."""
     check_text_or_json(fmt)
     config = load()
-    with open_store(config) as store:
+    with open_store(config, read_only=True) as store:
         records = list_policies(store)
         _policies, links = count_policies(store)
     rows = [
@@ -283,4 +284,4 @@ def policies_list(reveal: RevealOpt = False, fmt: TextOrJsonOpt = "text") -> Non
         table.add_column(column)
     for row in rows:
         table.add_row(*(str(v) if v is not None else "-" for v in row.values()))
-    out.print(table)
+    show(table)

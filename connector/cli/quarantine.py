@@ -23,9 +23,11 @@ from connector.cli.common import (
     open_store,
     out,
     print_json,
+    show,
 )
 from connector.issues import REASON_HELP, Reason
 from connector.masking import mask_payload
+from connector.pipeline.categories import CATEGORY_RULES_DOC
 from connector.store import QuarantineEntry
 from connector.store.quarantine_ops import quarantine_entry
 
@@ -63,7 +65,7 @@ def quarantine_list(
     check_text_or_json(fmt)
     code = check_reason(reason)
     config = load()
-    with open_store(config) as store:
+    with open_store(config, read_only=True) as store:
         entries = store.quarantine_entries(source, code)
     if fmt == "json":
         print_json([_entry_summary(e) for e in entries])
@@ -81,7 +83,7 @@ def quarantine_list(
             e.first_seen_at.strftime("%Y-%m-%d %H:%M:%S"),
             e.last_seen_at.strftime("%Y-%m-%d %H:%M:%S"),
         )
-    out.print(table)
+    show(table)
     reasons = Counter(code for e in entries for code in _error_codes(e))
     if reasons:
         summary = ", ".join(f"{code} {n}" for code, n in sorted(reasons.items()))
@@ -97,7 +99,7 @@ def quarantine_show(
     """One quarantined record: every issue, the canonical attempt and the raw payload."""
     check_text_or_json(fmt)
     config = load()
-    with open_store(config) as store:
+    with open_store(config, read_only=True) as store:
         entry = quarantine_entry(store, entry_id)
     if entry is None:
         err.print(f"no quarantined record with id {entry_id}")
@@ -147,7 +149,7 @@ def reason_codes_markdown() -> str:
         meaning, fix = REASON_HELP[reason]
         cells = (f"`{reason.value}`", meaning, fix)
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + CATEGORY_RULES_DOC
 
 
 @commands.command("reasons")

@@ -7,20 +7,27 @@ read, so that a vendor can run it in its own CI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+from collections.abc import Coroutine
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import structlog
 import typer
 
-from connector.cli.common import err, load, open_store, private_output
+from connector.cli.common import err, load, open_store, out, private_output, reading_store
 from connector.errors import ConfigError, ConnectorError
 from connector.reports import FORMATS, history_report, render
+from connector.runtime import StopSignals
 from connector.settings import AppConfig
 from connector.store import Store
 from connector.validate import DEFAULT_SAMPLE, ValidateOptions, validate_source
 
 commands = typer.Typer()
+
+log = structlog.get_logger("connector.cli.reports")
 
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="text, json, md or html.")]
 OutputOpt = Annotated[
@@ -60,7 +67,7 @@ def read_only_store(config: AppConfig) -> Store | None:
     if url.startswith(prefix) and not Path(url[len(prefix) :]).exists():
         return None
     try:
-        return Store(url, migrate=False)
+        return reading_store(url)
     except ConnectorError as exc:
         err.print(f"store not readable, policy registry not checked: {exc}", highlight=False)
         return None
@@ -76,13 +83,31 @@ def validate(
     since: SinceOpt = None,
     fmt: FormatOpt = "text",
     output: OutputOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The report as JSON (same as --format json).")
+    ] = False,
 ) -> None:
     """Dry run against one source: connection, contract compliance, mapping coverage, verdict.
 
-    Writes nothing to the store. Exit 0: ready; 1: not ready; 2: could not be read.
+    Writes nothing to the store. Exit 0: ready; 1: not ready; 2: could not be read; 130 / 143
+    when stopped by SIGINT / SIGTERM.
     """
+    fmt = "json" if as_json else fmt
     _check_format(fmt)
     since_day = _parse_since(since)
+    with StopSignals() as stop:
+        _validate(stop, source, sample, every, since_day, fmt, output)
+
+
+def _validate(
+    stop: StopSignals,
+    source: str,
+    sample: int,
+    every: bool,
+    since_day: date | None,
+    fmt: str,
+    output: Path | None,
+) -> None:
     config = load()
     try:
         config.source(source)
@@ -92,13 +117,23 @@ def validate(
     store = read_only_store(config)
     options = ValidateOptions(sample=None if every else sample, since=since_day)
     try:
-        report = asyncio.run(validate_source(config, source, options=options, store=store))
+        report = asyncio.run(
+            _until_stopped(stop, validate_source(config, source, options=options, store=store))
+        )
     except ConfigError as exc:
         err.print(str(exc), highlight=False, markup=False)
         raise typer.Exit(2) from None
+    except asyncio.CancelledError:
+        report = None
     finally:
         if store is not None:
             store.close()
+    if report is None or stop.received:
+        name = signal.Signals(stop.signum or signal.SIGINT).name
+        line = f"interrupted by {name}; 0 stored; run the same command to continue"
+        log.warning("validate.interrupted", source=source, detail=line)
+        out.print(line, highlight=False, markup=False)
+        raise typer.Exit(stop.exit_code)
     _write(render(report, fmt), output)
     summary = report["summary"]
     if output is not None or fmt != "text":
@@ -111,6 +146,23 @@ def validate(
     raise typer.Exit(int(report["exit_code"]))
 
 
+async def _until_stopped(
+    stop: StopSignals, work: Coroutine[Any, Any, dict[str, Any]]
+) -> dict[str, Any]:
+    """`work`, cancelled by the first SIGINT / SIGTERM (validate writes nothing: there is no
+    batch to finish, the requests in flight are simply abandoned)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def cancel(_signum: int) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to stop
+            loop.call_soon_threadsafe(task.cancel)
+
+    stop.on_first(cancel)
+    return await work
+
+
 @commands.command()
 def report(
     since: SinceOpt = None,
@@ -121,6 +173,6 @@ def report(
     _check_format(fmt)
     since_day = _parse_since(since)
     config = load()
-    with open_store(config) as store:
+    with open_store(config, read_only=True) as store:
         history = history_report(store, config, since=since_day, secrets=config.secrets())
     _write(render(history, fmt), output)

@@ -4,6 +4,7 @@ with the current category rules and policy registry."""
 from __future__ import annotations
 
 from collections import Counter
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -16,6 +17,8 @@ from connector.cli.common import (
     load,
     open_store,
     out,
+    print_json,
+    show,
     wired_engine,
 )
 from connector.pipeline.reprocess import ReprocessResult
@@ -25,7 +28,11 @@ commands = typer.Typer()
 
 
 @commands.command()
-def reprocess(source: SourcesOpt = None, reason: ReasonOpt = None) -> None:
+def reprocess(
+    source: SourcesOpt = None,
+    reason: ReasonOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
     """Re-validate quarantined records from their stored payload (no network) with the
     current rules and registry; records that now pass move into the store."""
     code = check_reason(reason)
@@ -34,7 +41,18 @@ def reprocess(source: SourcesOpt = None, reason: ReasonOpt = None) -> None:
     with open_store(config) as store:
         engine = wired_engine(config, store)
         results = reprocess_quarantine(engine, sources=source or None, reason=code)
-    out.print(_summary_table(results))
+    if as_json:
+        print_json(
+            {
+                "ok": not any(r.error for r in results),
+                "moved": sum(r.moved for r in results),
+                "sources": [_result_json(r) for r in results],
+            }
+        )
+        if any(r.error for r in results):
+            raise typer.Exit(1)
+        return
+    show(_summary_table(results))
     total = sum(r.moved for r in results)
     out.print(f"moved {total} record(s) into the store", highlight=False)
     moved_by_reason: Counter[str] = Counter()
@@ -44,6 +62,20 @@ def reprocess(source: SourcesOpt = None, reason: ReasonOpt = None) -> None:
         out.print(f"  {code_moved}: {count} moved", highlight=False)
     if any(r.error for r in results):
         raise typer.Exit(1)
+
+
+def _result_json(result: ReprocessResult) -> dict[str, Any]:
+    return {
+        "source": result.source,
+        "ok": result.error is None,
+        "error": result.error,
+        "run_id": result.run_id,
+        "examined": result.examined,
+        "moved": result.moved,
+        "still_quarantined": result.still_quarantined,
+        "needs_sync": result.skipped,
+        "moved_by_reason": dict(sorted(result.moved_by_reason.items())),
+    }
 
 
 def _summary_table(results: list[ReprocessResult]) -> Table:

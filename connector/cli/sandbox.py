@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import errno
 import io
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -109,7 +111,26 @@ def sandbox(
             )
         out.print("sandbox running; Ctrl-C to stop")
 
-    serve_forever(options, on_ready=ready)
+    try:
+        serve_forever(options, on_ready=ready)
+    except OSError as exc:
+        err.print(bind_problem(exc, port), highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def bind_problem(exc: OSError, first_port: int) -> str:
+    """A port the sandbox could not listen on, in one line with what to do about it."""
+    found = re.search(r"\('?([^',)]+)'?, (\d+)\)", str(exc))
+    where = f"port {found[2]} on {found[1]}" if found else f"a port from {first_port} on"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"cannot start the sandbox: {where} is already in use (another sandbox or service?)"
+            " - stop it, or choose other ports with --port N (vendors listen on N, N+1, ...) "
+            "or --port 0 for free ones"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot start the sandbox: not allowed to listen on {where} - use --port 1024 or up"
+    return f"cannot start the sandbox on {where}: {exc.strerror or exc}"
 
 
 @commands.command()
@@ -142,6 +163,7 @@ def demo(
                 stored = store.count_invoices()
                 quarantined = store.count_quarantined()
                 reasons = store.quarantine_by_reason()
+        # Drawn as tables even off a terminal: the demo is a showcase, read by people.
         out.print(results_table(results, title=f"Demo: {len(results)} sandbox vendor(s)"))
         if reasons:
             out.print(reasons_table(reasons))

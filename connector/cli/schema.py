@@ -3,7 +3,8 @@ field feeds each canonical field.
 
 The schema is `ImportRecord` (the MediTrak import contract) as pydantic serialises it, with
 the provenance fields that `connector export -f jsonl` writes beside the contract's own. The
-mapping comes from the mapping's declared `field_sources`, never from guessing at key names.
+mapping comes from the mapping's declared `field_sources` (for a type mapped by each source's
+config, `rest`, that source's own `fields:`), never from guessing at key names.
 Nothing here touches the network or the store.
 """
 
@@ -13,13 +14,17 @@ from typing import Annotated, Any
 
 import typer
 from rich.box import HEAVY_HEAD
+from rich.markup import escape
 from rich.table import Table
 
-from connector.cli.common import check_sources, err, load, out, print_json
+from connector.cli.common import check_sources, err, load, print_json, show
 from connector.errors import ConfigError
 from connector.mapping.kit import CANONICAL_FIELDS
 from connector.model import ImportRecord
+from connector.pipeline.engine import mapping_options
+from connector.settings import SourceConfig
 from connector.sources.discovery import source_types
+from connector.validate.fields import declared_field_sources
 
 commands = typer.Typer()
 
@@ -54,9 +59,11 @@ def import_record_schema() -> dict[str, Any]:
     return {"$schema": JSON_SCHEMA_DIALECT, **schema}
 
 
-def field_sources(type_name: str) -> dict[str, list[str]]:
+def field_sources(type_name: str, source: SourceConfig | None = None) -> dict[str, list[str]]:
     """Canonical field → the vendor paths feeding it (usual one first); [] when the vendor has
-    no such field. Exit 2 naming the known types when `type_name` is not one."""
+    no such field. With a configured `source`, a type mapped by each source's config (`rest`)
+    shows that source's own vendor paths. Exit 2 naming the known types when `type_name` is
+    not one."""
     try:
         types = source_types()
     except ConfigError as exc:
@@ -67,7 +74,9 @@ def field_sources(type_name: str) -> dict[str, list[str]]:
         err.print(f"unknown source type {type_name!r}; known: {known}", highlight=False)
         raise typer.Exit(2)
     try:
-        declared = types[type_name].mapping().field_sources
+        mapping = types[type_name].mapping()
+        options = mapping_options(source) if source is not None else None
+        declared = declared_field_sources(mapping, options)
     except ConfigError as exc:
         err.print(str(exc), highlight=False, markup=False)
         raise typer.Exit(2) from None
@@ -90,23 +99,26 @@ def schema(
     if source is not None and type_name is not None:
         err.print("give --source or --type, not both", highlight=False)
         raise typer.Exit(2)
+    configured: SourceConfig | None = None
     if source is not None:
         config = load()
         check_sources(config, [source])
-        type_name = config.source(source).type
+        configured = config.source(source)
+        type_name = configured.type
     elif type_name is None:
         # The schema is a JSON document whichever way it is asked for.
         print_json(import_record_schema())
         return
-    fields = field_sources(type_name)
+    fields = field_sources(type_name, configured)
     if as_json:
         print_json({"source": source, "type": type_name, "fields": fields})
         return
     title = f"{source} ({type_name})" if source else type_name
-    # Box-drawing only for a person at a terminal; a pipe or a log gets plain columns.
-    table = Table(title=f"Field mapping: {title}", box=HEAVY_HEAD if out.is_terminal else None)
+    table = Table(title=f"Field mapping: {title}", box=HEAVY_HEAD)
     table.add_column("canonical field")
     table.add_column("vendor fields (usual first)")
     for name, paths in fields.items():
-        table.add_row(name, ", ".join(paths) or "- (the vendor has none)")
-    out.print(table, highlight=False)
+        # Escaped: a vendor path such as "lines[].amount" is no rich markup.
+        table.add_row(name, escape(", ".join(paths) or "- (the vendor has none)"))
+    # Box-drawing only for a person at a terminal; a pipe or a log gets plain columns.
+    show(table)

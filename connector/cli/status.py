@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from connector.cli.common import load, open_store, out
+from connector.cli.common import load, open_store, out, show
 
 commands = typer.Typer()
 
@@ -33,7 +33,7 @@ def status(
 ) -> None:
     """Per source: last run and its outcome, cursor, lag, stored and quarantined counts."""
     config = load()
-    with open_store(config) as store:
+    with open_store(config, read_only=True) as store:
         names = [s.name for s in config.sources]
         names += [s.source for s in store.all_states() if s.source not in names]
         rows = []
@@ -76,4 +76,4 @@ def status(
             str(row["stored"]),
             str(row["quarantined"]),
         )
-    out.print(table)
+    show(table)

@@ -359,7 +359,7 @@ class Backfill:
             attempt=window.attempts,
         )
         if window.attempts > 1:
-            bound.info("backfill.window_taken_over", previous_owner=window.lease_owner)
+            bound.info("backfill.window_taken_over", previous_owner=window.previous_owner)
         keeper = asyncio.create_task(self._keep_lease(windows, window.id, owner, bound))
         try:
             result = await self.engine.sync_source(

@@ -19,11 +19,21 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
+from connector.masking import is_plain_value
+
 # An invoice amount above this is a data error, not a bill (and guards Decimal arithmetic).
 MAX_AMOUNT = Decimal("1000000000000")
 _MAX_INT = int(MAX_AMOUNT)
 _MONEY_TEXT = re.compile(r"^\s*(?P<sign>-)?\s*(?:[$₡₹€£]|[A-Z]{3}\s?)?\s*(?P<num>[\d,]*\.?\d+)\s*$")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def quoted(value: Any) -> str:
+    """`value` quoted for an error message when it cannot be patient data (an amount-, date- or
+    timestamp-like text), else a placeholder: a name or note sent in the wrong field would
+    otherwise reach quarantine issues, logs and reports."""
+    text = str(value)[:40]
+    return f"'{text}'" if is_plain_value(text) else "(text withheld)"
 
 
 def parse_decimal(value: Any) -> Decimal:
@@ -58,7 +68,7 @@ def parse_decimal(value: Any) -> Decimal:
         match = _MONEY_TEXT.match(value)
         if not match:
             raise PydanticCustomError(
-                "amount_invalid", "not a number: '{text}'", {"text": value[:40]}
+                "amount_invalid", "not a number: {text}", {"text": quoted(value)}
             )
         try:
             number = Decimal(match["num"].replace(",", ""))
@@ -148,13 +158,13 @@ def parse_iso_date(value: Any) -> date:
         return value
     if not isinstance(value, str) or not _ISO_DATE.match(value.strip()):
         raise PydanticCustomError(
-            "date_format", "expected YYYY-MM-DD, got '{v}'", {"v": str(value)[:40]}
+            "date_format", "expected YYYY-MM-DD, got {v}", {"v": quoted(value)}
         )
     try:
         return date.fromisoformat(value.strip())
     except ValueError as exc:
         raise PydanticCustomError(
-            "date_format", "not a calendar date: '{v}'", {"v": value[:40]}
+            "date_format", "not a calendar date: {v}", {"v": quoted(value)}
         ) from exc
 
 
@@ -177,7 +187,7 @@ def parse_timestamp(value: Any) -> datetime:
         return datetime.fromisoformat(text)
     except ValueError as exc:
         raise PydanticCustomError(
-            "date_format", "not an ISO 8601 timestamp: '{v}'", {"v": value[:40]}
+            "date_format", "not an ISO 8601 timestamp: {v}", {"v": quoted(value)}
         ) from exc
 
 

@@ -4,160 +4,166 @@ A rules file (YAML; the shipped defaults are `mappings/category_rules.yaml`, and
 put its own file in front of them) becomes one `Categorizer` per source: a pure
 `CategoryRules` callable that mappings reach through `MappingContext.categorize`. Every
 assignment names the rule that made it ("exact:category", "map:bio_ecko/Pathology",
-"keyword:laboratory/hemograma", "fallback"), and `Categorizer.explain` shows every rule tried.
+"non-clinical:cancellation fee", "keyword:laboratory/hemograma", "fallback"), and
+`Categorizer.explain` shows every rule tried, how its keyword matched and which rule won.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
-
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from typing import TYPE_CHECKING
 
 from connector.errors import ConfigError
 from connector.issues import Issue, Reason
 from connector.mapping.kit import CategoryMatch, exact_category
-from connector.model import Category, Invoice
+from connector.model import Category, Invoice, LineItem
+from connector.pipeline.category_files import (
+    LEXICON_MARK,
+    MatcherModel,
+    RulesDocument,
+    RulesFile,
+    parse_rules,
+    read_rules_file,
+)
+from connector.pipeline.category_terms import (
+    Description,
+    Keyword,
+    Terms,
+    compile_keyword,
+    normalize_text,
+    words_of,
+)
 
 if TYPE_CHECKING:
     from connector.settings import SourceConfig
 
+__all__ = [
+    "CATEGORY_RULES_DOC",
+    "FALLBACK_RULE",
+    "NON_CLINICAL_RULE",
+    "Categorizer",
+    "RuleSet",
+    "RulesDocument",
+    "categorizer_for",
+    "fallback_warnings",
+    "load_rule_set",
+    "normalize_text",
+    "read_rules_file",
+    "unmapped_message",
+]
+
 DEFAULT_RULES_PACKAGE = "mappings"
 DEFAULT_RULES_FILE = "category_rules.yaml"
 FALLBACK_RULE = "fallback"
+# The rule name of a line the non-clinical rules recognised: "non-clinical:<kind>".
+NON_CLINICAL_RULE = "non-clinical"
 # Descriptions repeat heavily (clinics bill from price lists): remember this many answers.
 _CACHE_LIMIT = 20_000
-_NON_WORD = re.compile(r"[\W_]+")
 
 
-def normalize_text(text: str) -> str:
-    """Lower case, accents removed, every run of punctuation/space one space: the form in
-    which words, keywords and descriptions are compared ("Radiografía" → "radiografia")."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return _NON_WORD.sub(" ", bare.casefold()).strip()
+# The category section of docs/reason-codes.md (generated with the table, so they cannot drift).
+CATEGORY_RULES_DOC = """\
+## CATEGORY_UNMAPPED: how an item gets its category
 
+Each line item is placed by the first of these that decides (the rules file,
+`mappings/category_rules.yaml`, says the same in its header):
 
-# ----------------------------------------------------------------------------- file models
+1. **exact**: the vendor's word already is one of the ten categories (the vendor decided).
+2. **non-clinical**: the description, or else the vendor's word / item type, names a charge that
+   is no clinical service: a cancellation or late-cancellation fee, a missed appointment / no-show
+   / did-not-attend fee, a surcharge (card, after hours, public holiday), a gift voucher, an admin
+   or booking / registration fee, report, letter, certificate or form writing, late payment or
+   interest, a deposit or refund, parking or postage. MediTrak has no category for these, so the
+   item is `CATEGORY_UNMAPPED` with the message `non-clinical charge (<kind>): MediTrak has no
+   category for it; ...`, never a guess. A fee word beats the service it names ("Missed
+   appointment fee" is no consultation, "Cancellation fee - physio" no physiotherapy); a fee
+   *for* a service rendered names no non-clinical kind and stays that service ("Emergency room
+   fee" is emergency, "Consultation fee" consultation, "Dispensing fee" pharmacy).
+   **Override**: a clinic that wants these lines sent anyway sets, on the source,
+   `non_clinical_category: <category>` (one of the ten, checked when the config loads); the line
+   then gets that category under the rule `non-clinical:<kind>`. The source's
+   `fallback_category` is not used for non-clinical lines.
+3. **map**: the vendor's word is in the source's map (Bio Ecko departments, Splose item types...).
+4. **keyword / pattern rules**, in file order, on the description, then on the vendor's word.
+   The order is the precedence: going over results, a prescription or medicines with the
+   patient is a consultation ("Review of blood test results"); an imaging modality beats the
+   organ or the test it looks at ("Thyroid ultrasound", "Ecografía hepática", "Dental X-ray"
+   are radiology), except imaging in pregnancy, which is obstetrics ("Obstetric ultrasound",
+   "Dating scan", "Ecografía de embarazo"), and therapeutic ultrasound, which is
+   physiotherapy; then emergency; dental; a medicine named by its form ("Eye drops", "Vitamin
+   B12 injection" are pharmacy); optical; a specialist's consultation ("Haematology
+   consultation"); laboratory (a value that is also a medicine, such as a vitamin or iron, only
+   next to a word saying it is measured: "Vitamin D level"); a skin check; surgery (minor
+   procedures, removals, excisions, sutures, wound care); physiotherapy; obstetrics; pharmacy
+   (generic names and their family endings: `*cillin`, `*prazole`, `*statin`...; a dose such as
+   "500mg"); consultation (specialists, referrals); last resorts: a specialty named by its
+   ending is a consultation ("Urología"), generic test words laboratory, any other therapy
+   physiotherapy ("Termoterapia").
+   Matching ignores accents and case, and a keyword's word also matches its plural and gender
+   variants and words sharing its English or Spanish Snowball stem ("sutura" ~ "suturas",
+   "quirúrgico" ~ "quirúrgica", "removal" ~ "remove").
+5. the source's `fallback_category` (accepted with a warning), else `CATEGORY_UNMAPPED`.
 
-
-class _SourceSection(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    map: dict[str, Category] = {}
-    # None: not said here (a later file or the default, True, decides).
-    description_rules: bool | None = None
-
-
-class _RuleModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    category: Category
-    name: str | None = None
-    keywords: list[str] = []
-    pattern: str | None = None
-    requires: list[str] = []
-    excludes: list[str] = []
-
-    @model_validator(mode="after")
-    def _one_matcher(self) -> _RuleModel:
-        if bool(self.keywords) == (self.pattern is not None):
-            raise ValueError("a rule needs either `keywords` or `pattern` (exactly one)")
-        if self.pattern is not None:
-            if not self.name:
-                raise ValueError("a pattern rule needs a `name`")
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                raise ValueError(f"pattern {self.pattern!r} is not a valid regex: {exc}") from None
-        for group in ("keywords", "requires", "excludes"):
-            for term in getattr(self, group):
-                if not isinstance(term, str) or not normalize_text(term.rstrip("*")):
-                    raise ValueError(f"{group}: {term!r} has no letters or digits to match")
-        return self
-
-
-class _RulesFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    version: Literal[1] = 1
-    sources: dict[str, _SourceSection] = {}
-    rules: list[_RuleModel] = []
+`connector categories explain "TEXT" [--source NAME] [--word WORD]
+[--non-clinical-category CATEGORY]` prints every rule tried, the keyword that fired and how
+(same word, plural/gender, English or Spanish stem, the lexicon list it came from), the rule
+that won and the later rules it beat. Exit status 1 when the item would be `CATEGORY_UNMAPPED`.
+"""
 
 
 # ----------------------------------------------------------------------------- compiled rules
 
 
-def _term_regex(term: str) -> re.Pattern[str]:
-    prefix = term.endswith("*")
-    words = normalize_text(term.rstrip("*"))
-    body = re.escape(words).replace(r"\ ", " ")
-    tail = r"\w*" if prefix else ""
-    return re.compile(rf"(?<!\w){body}{tail}(?!\w)")
-
-
-@dataclass(frozen=True)
-class _Terms:
-    """Keywords in the order written; `first` answers which one occurs in a normalised text."""
-
-    terms: tuple[tuple[str, re.Pattern[str]], ...]
-
-    @classmethod
-    def of(cls, terms: Iterable[str]) -> _Terms:
-        return cls(tuple((term, _term_regex(term)) for term in terms))
-
-    def first(self, text: str) -> str | None:
-        """The words that matched (the whole word for a `prefix*` term), or None."""
-        for _term, regex in self.terms:
-            found = regex.search(text)
-            if found:
-                return found.group(0)
-        return None
-
-    def __bool__(self) -> bool:
-        return bool(self.terms)
-
-
 @dataclass(frozen=True)
 class DescriptionRule:
-    """One keyword or pattern rule, compiled."""
+    """One keyword or pattern rule, compiled. `category` None: a non-clinical rule."""
 
-    category: Category
+    category: Category | None
     label: str
     origin: str
-    keywords: _Terms
+    keywords: Terms
     pattern: re.Pattern[str] | None
-    requires: _Terms
-    excludes: _Terms
+    requires: Terms
+    excludes: Terms
 
-    def match(self, text: str) -> tuple[str | None, str]:
+    @property
+    def title(self) -> str:
+        """How `explain` names the rule when it does not match."""
+        if self.category is None:
+            return f"{NON_CLINICAL_RULE}:{self.label}"
+        return f"{self.label} ({self.category.value})"
+
+    def match(self, words: Description, normalized: str) -> tuple[str | None, str]:
         """(recorded rule name, None if no match) and a one-line reason for `explain`."""
+        kind = f"{NON_CLINICAL_RULE}:{self.label}" if self.category is None else None
         if self.pattern is not None:
-            if not self.pattern.search(text):
+            if not self.pattern.search(normalized):
                 return None, "pattern does not match"
-            hit = f"pattern:{self.category.value}/{self.label}"
+            hit = kind or f"pattern:{self.category}/{self.label}"
+            why = f"pattern {self.pattern.pattern!r} matched"
         else:
-            term = self.keywords.first(text)
-            if term is None:
+            found = self.keywords.first(words)
+            if found is None:
                 return None, "no keyword found"
-            hit = f"keyword:{self.category.value}/{term}"
+            hit = kind or f"keyword:{self.category}/{found.found}"
+            why = found.detail
         if self.requires:
-            needed = self.requires.first(text)
+            needed = self.requires.first(words)
             if needed is None:
-                return None, f"{hit} found, but none of the required words"
-            hit += f"+{needed}"
+                return None, f"{why}, but none of the required words"
+            if kind is None:
+                hit += f"+{needed.found}"
+            why += f", and required {needed.detail}"
         if self.excludes:
-            blocked = self.excludes.first(text)
+            blocked = self.excludes.first(words)
             if blocked is not None:
-                return None, f"{hit} found, but excluded by {blocked!r}"
-        return hit, "matched"
+                return None, f"{why}, but excluded: {blocked.detail}"
+        return hit, why
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,14 @@ class _MapEntry:
 
 
 class Categorizer:
-    """The category rules of one source: call it like any `CategoryRules`."""
+    """The category rules of one source: call it like any `CategoryRules`.
+
+    Precedence, first decision wins: the vendor word is one of the ten categories; a
+    non-clinical rule recognises the description (or the vendor word) as a charge that is no
+    clinical service, which stays unmapped unless the source sets `non_clinical_category`;
+    the source's word map; the keyword and pattern rules in file order on the description,
+    then on the vendor word; the source's fallback category; else unmapped.
+    """
 
     def __init__(
         self,
@@ -192,12 +205,16 @@ class Categorizer:
         *,
         description_rules: bool = True,
         fallback: Category | None = None,
+        non_clinical: Sequence[DescriptionRule] = (),
+        non_clinical_category: Category | None = None,
     ) -> None:
         self.label = label
         self.word_map = dict(word_map)
         self.rules = tuple(rules) if description_rules else ()
+        self.non_clinical = tuple(non_clinical) if description_rules else ()
         self.description_rules = description_rules
         self.fallback = fallback
+        self.non_clinical_category = non_clinical_category
         self._cache: dict[tuple[str | None, str | None], CategoryMatch] = {}
 
     def __call__(self, word: str | None, description: str | None) -> CategoryMatch:
@@ -223,6 +240,14 @@ class Categorizer:
             steps.append(RuleStep("exact:category", exact.rule is not None, detail))
         if exact.category is not None:
             return exact
+        texts = [
+            (text, suffix, words_of(text), normalize_text(text))
+            for text, suffix in ((description, ""), (word, "@word"))
+            if text
+        ]
+        charge = self._non_clinical(texts, steps)
+        if charge is not None:
+            return charge
         if word is not None:
             entry = self.word_map.get(normalize_text(word))
             if steps is not None:
@@ -237,17 +262,19 @@ class Categorizer:
             steps.append(RuleStep(f"map:{self.label}", False, "no vendor word"))
         if not self.description_rules and steps is not None:
             steps.append(RuleStep("keyword/pattern", False, "disabled for this source"))
-        for text, suffix in ((description, ""), (word, "@word")):
-            if not text:
-                continue
-            normalized = normalize_text(text)
+        winner: CategoryMatch | None = None
+        for text, suffix, words, normalized in texts:
             for rule in self.rules:
-                hit, why = rule.match(normalized)
-                if steps is not None:
-                    name = hit + suffix if hit else f"{rule.label} ({rule.category.value})"
-                    steps.append(RuleStep(name, hit is not None, f"on {text!r}: {why}"))
-                if hit is not None:
-                    return CategoryMatch(rule.category, hit + suffix)
+                hit, why = rule.match(words, normalized)
+                if hit is not None and winner is None:
+                    winner = CategoryMatch(rule.category, hit + suffix)
+                    if steps is None:
+                        return winner
+                    steps.append(RuleStep(hit + suffix, True, f"on {text!r}: {why}"))
+                elif steps is not None:
+                    _note_rule(steps, rule, hit, suffix, text, why, winner)
+            if winner is not None:
+                return winner
         if self.fallback is not None:
             if steps is not None:
                 steps.append(RuleStep(FALLBACK_RULE, True, f"source fallback → {self.fallback}"))
@@ -256,9 +283,75 @@ class Categorizer:
             steps.append(RuleStep(FALLBACK_RULE, False, "no fallback: CATEGORY_UNMAPPED"))
         return CategoryMatch(None, None)
 
+    def _non_clinical(
+        self,
+        texts: Iterable[tuple[str, str, Description, str]],
+        steps: list[RuleStep] | None,
+    ) -> CategoryMatch | None:
+        """A charge that is no clinical service: it beats every clinical word it names
+        ("Missed appointment fee" is no appointment). The source's `non_clinical_category`
+        decides where it goes; without one it stays unmapped, on purpose: never a guess."""
+        for text, suffix, words, normalized in texts:
+            for rule in self.non_clinical:
+                hit, why = rule.match(words, normalized)
+                if steps is not None:
+                    detail = f"on {text!r}: {why}"
+                    if hit is not None:
+                        detail += self._beaten(words, normalized)
+                        detail += (
+                            f"; non_clinical_category → {self.non_clinical_category}"
+                            if self.non_clinical_category is not None
+                            else "; no non_clinical_category set: CATEGORY_UNMAPPED"
+                        )
+                    steps.append(RuleStep(hit + suffix if hit else rule.title, bool(hit), detail))
+                if hit is not None:
+                    return CategoryMatch(self.non_clinical_category, hit + suffix)
+        if steps is not None and not self.non_clinical:
+            steps.append(RuleStep(NON_CLINICAL_RULE, False, "disabled for this source"))
+        return None
+
+    def _beaten(self, words: Description, normalized: str) -> str:
+        for rule in self.rules:
+            hit, _why = rule.match(words, normalized)
+            if hit is not None:
+                return f"; precedence: a non-clinical charge beats {hit}"
+        return ""
+
+
+def _note_rule(
+    steps: list[RuleStep],
+    rule: DescriptionRule,
+    hit: str | None,
+    suffix: str,
+    text: str,
+    why: str,
+    winner: CategoryMatch | None,
+) -> None:
+    """One explain line for a rule that does not decide: no match, or a match that an
+    earlier rule beat (said, so that the precedence is visible)."""
+    if hit is None:
+        steps.append(RuleStep(rule.title, False, f"on {text!r}: {why}"))
+    else:
+        beaten_by = winner.rule if winner is not None else "an earlier rule"
+        detail = f"on {text!r}: {why}; precedence: {beaten_by} comes first"
+        steps.append(RuleStep(hit + suffix, False, detail))
+
 
 def _no_word(word: str | None) -> str:
     return "no vendor word" if word is None else f"{word!r} is not one of the ten categories"
+
+
+def unmapped_message(item: LineItem) -> str | None:
+    """Why an item has no category when a rule decided so on purpose (a non-clinical
+    charge), for the CATEGORY_UNMAPPED issue; None when no rule placed it."""
+    rule = item.category_rule
+    if item.category is not None or not rule or not rule.startswith(NON_CLINICAL_RULE + ":"):
+        return None
+    kind = rule.removeprefix(NON_CLINICAL_RULE + ":").removesuffix("@word")
+    return (
+        f"non-clinical charge ({kind}): MediTrak has no category for it; set "
+        f"`non_clinical_category` on the source to send such lines as one of the ten categories"
+    )
 
 
 @dataclass(frozen=True)
@@ -269,9 +362,15 @@ class RuleSet:
     description_rules: Mapping[str, bool]
     rules: tuple[DescriptionRule, ...]
     origins: tuple[str, ...]
+    non_clinical: tuple[DescriptionRule, ...] = ()
+    lexicon: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def categorizer(
-        self, source_keys: Sequence[str], *, fallback: Category | None = None
+        self,
+        source_keys: Sequence[str],
+        *,
+        fallback: Category | None = None,
+        non_clinical_category: Category | None = None,
     ) -> Categorizer:
         """The rules for a source known under these keys (type, then name: later keys win)."""
         word_map: dict[str, _MapEntry] = {}
@@ -286,6 +385,8 @@ class RuleSet:
             self.rules,
             description_rules=use_description,
             fallback=fallback,
+            non_clinical=self.non_clinical,
+            non_clinical_category=non_clinical_category,
         )
 
     def source_keys(self) -> list[str]:
@@ -295,84 +396,32 @@ class RuleSet:
 # ----------------------------------------------------------------------------- loading
 
 
-def _format_problem(origin: str, error: Any) -> str:
-    location = ""
-    for part in error["loc"]:
-        location += f"[{part}]" if isinstance(part, int) else f".{part}" if location else part
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{origin}: {location or '(top)'}: {message}"
-
-
-def _parse(origin: str, text: str, problems: list[str]) -> _RulesFile | None:
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        problems.append(f"{origin}: not valid YAML: {exc}")
-        return None
-    if document is None:
-        document = {}
-    if not isinstance(document, dict):
-        problems.append(f"{origin}: must be a mapping with `sources` and/or `rules`")
-        return None
-    try:
-        parsed = _RulesFile.model_validate(document)
-    except ValidationError as exc:
-        problems.extend(_format_problem(origin, e) for e in exc.errors())
-        return None
-    for key, section in parsed.sources.items():
-        seen: dict[str, tuple[str, Category]] = {}
-        for word, category in section.map.items():
-            normalized = normalize_text(word)
-            if not normalized:
-                problems.append(f"{origin}: sources.{key}.map: {word!r} has nothing to match")
-            elif normalized in seen and seen[normalized][1] != category:
-                other = seen[normalized][0]
-                problems.append(
-                    f"{origin}: sources.{key}.map: {word!r} and {other!r} are the same word "
-                    f"but map to {category.value} and {seen[normalized][1].value}"
-                )
-            seen.setdefault(normalized, (word, category))
-    return parsed
-
-
 @cache
 def default_rules_text() -> str:
     return resources.files(DEFAULT_RULES_PACKAGE).joinpath(DEFAULT_RULES_FILE).read_text("utf-8")
 
 
-@dataclass(frozen=True)
-class RulesDocument:
-    """One rules file read and validated, not yet merged with the defaults.
+def _expand(
+    terms: Iterable[str], lexicon: Mapping[str, Sequence[str]], where: str, problems: list[str]
+) -> list[Keyword]:
+    keywords: list[Keyword] = []
+    for term in terms:
+        if term.startswith(LEXICON_MARK):
+            name = term[1:]
+            if name not in lexicon:
+                problems.append(f"{where}: no lexicon list {name!r}")
+                continue
+            keywords.extend(compile_keyword(entry, name) for entry in lexicon[name])
+        else:
+            keywords.append(compile_keyword(term))
+    return keywords
 
-    What a loaded config keeps of a source's `category_rules`, so that the file is read once,
-    when the config loads, and every run uses the rules that were checked then. `mtime_ns` is
-    the file's modification time taken before reading it: the daemon compares it with the
-    file's to notice an edit (and reloads, which validates the new file before using it).
-    """
 
-    path: str
-    mtime_ns: int
-    rules: _RulesFile
-
-
-def read_rules_file(path: str | Path) -> RulesDocument:
-    """Read and validate one rules file; `ConfigError` naming every problem of it (missing or
-    unreadable file, YAML syntax, structure, unknown categories, bad patterns...)."""
-    origin = str(path)
-    try:
-        mtime_ns = Path(path).stat().st_mtime_ns
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        problem = f"{origin}: cannot read the category rules file: {exc.strerror}"
-        raise ConfigError([problem], origin="category rules") from None
-    except UnicodeDecodeError as exc:
-        problem = f"{origin}: cannot read the category rules file: not UTF-8 text ({exc.reason})"
-        raise ConfigError([problem], origin="category rules") from None
-    problems: list[str] = []
-    parsed = _parse(origin, text, problems)
-    if parsed is None or problems:
-        raise ConfigError(problems, origin="category rules")
-    return RulesDocument(origin, mtime_ns, parsed)
+@cache
+def _default_rule_set() -> RuleSet:
+    # Compiling the shipped rules (their stems and indexes) takes a good part of a second:
+    # once per process, since they never change while it runs.
+    return _load_rule_set(None)
 
 
 def load_rule_set(extra: str | Path | RulesDocument | None = None) -> RuleSet:
@@ -381,8 +430,12 @@ def load_rule_set(extra: str | Path | RulesDocument | None = None) -> RuleSet:
 
     Raises `ConfigError` naming every problem of every file at once.
     """
+    return _default_rule_set() if extra is None else _load_rule_set(extra)
+
+
+def _load_rule_set(extra: str | Path | RulesDocument | None) -> RuleSet:
     problems: list[str] = []
-    parsed: list[tuple[str, _RulesFile | None]] = []
+    parsed: list[tuple[str, RulesFile | None]] = []
     if isinstance(extra, RulesDocument):
         parsed.append((extra.path, extra.rules))
     elif extra is not None:
@@ -393,42 +446,60 @@ def load_rule_set(extra: str | Path | RulesDocument | None = None) -> RuleSet:
         else:
             parsed.append((read.path, read.rules))
     default_origin = f"{DEFAULT_RULES_PACKAGE}/{DEFAULT_RULES_FILE}"
-    parsed.append((default_origin, _parse(default_origin, default_rules_text(), problems)))
+    parsed.append((default_origin, parse_rules(default_origin, default_rules_text(), problems)))
     if problems:
         raise ConfigError(problems, origin="category rules")
+    documents = [(origin, document) for origin, document in parsed if document is not None]
     maps: dict[str, dict[str, _MapEntry]] = {}
     description_rules: dict[str, bool] = {}
-    rules: list[DescriptionRule] = []
     # Earlier files win: walk them last-to-first so their entries overwrite the defaults'.
-    for _origin, document in reversed(parsed):
-        assert document is not None  # every parse failure was reported above
+    for _origin, document in reversed(documents):
         for key, section in document.sources.items():
             target = maps.setdefault(key, {})
             for word, category in section.map.items():
                 target[normalize_text(word)] = _MapEntry(category, f"map:{key}/{word}")
             if section.description_rules is not None:
                 description_rules[key] = section.description_rules
-    for origin, document in parsed:
-        assert document is not None
-        for rule in document.rules:
-            label = rule.name or rule.category.value
-            rules.append(
-                DescriptionRule(
-                    category=rule.category,
-                    label=label,
-                    origin=origin,
-                    keywords=_Terms.of(rule.keywords),
-                    pattern=re.compile(rule.pattern) if rule.pattern is not None else None,
-                    requires=_Terms.of(rule.requires),
-                    excludes=_Terms.of(rule.excludes),
-                )
+    # A lexicon list named in several files: the earlier file's entries first, then the rest.
+    lexicon: dict[str, list[str]] = {}
+    for _origin, document in documents:
+        for name, entries in document.lexicon.items():
+            lexicon.setdefault(name, []).extend(entries)
+    rules: list[DescriptionRule] = []
+    non_clinical: list[DescriptionRule] = []
+    for origin, document in documents:
+        models: list[tuple[MatcherModel, Category | None, str, int]] = [
+            (r, r.category, "rules", i) for i, r in enumerate(document.rules)
+        ]
+        models += [(r, None, "non_clinical", i) for i, r in enumerate(document.non_clinical)]
+        for model, placed, group, index in models:
+            where = f"{origin}: {group}[{index}]"
+            compiled = DescriptionRule(
+                category=placed,
+                label=model.name or (placed.value if placed else group),
+                origin=origin,
+                keywords=Terms.of(_expand(model.keywords, lexicon, where, problems)),
+                pattern=re.compile(model.pattern) if model.pattern is not None else None,
+                requires=Terms.of(_expand(model.requires, lexicon, where, problems)),
+                excludes=Terms.of(_expand(model.excludes, lexicon, where, problems)),
             )
-    return RuleSet(maps, description_rules, tuple(rules), tuple(o for o, _ in parsed))
+            (rules if placed is not None else non_clinical).append(compiled)
+    if problems:
+        raise ConfigError(problems, origin="category rules")
+    return RuleSet(
+        maps,
+        description_rules,
+        tuple(rules),
+        tuple(o for o, _ in parsed),
+        tuple(non_clinical),
+        {name: tuple(entries) for name, entries in lexicon.items()},
+    )
 
 
 def categorizer_for(source: SourceConfig, rule_set: RuleSet | None = None) -> Categorizer:
     """The categorizer of one configured source: its rules file in front of the defaults,
-    its maps looked up under its type and then its name, its fallback category."""
+    its maps looked up under its type and then its name, its fallback category and its
+    `non_clinical_category`."""
     extra: str | RulesDocument | None = getattr(source, "category_rules", None)
     if extra is not None:
         # Read when the config loaded (see `connector.config.build_config`): not read again.
@@ -438,7 +509,11 @@ def categorizer_for(source: SourceConfig, rule_set: RuleSet | None = None) -> Ca
     if rule_set is None or extra is not None:
         rule_set = load_rule_set(extra)
     keys = [source.type] if source.type == source.name else [source.type, source.name]
-    return rule_set.categorizer(keys, fallback=getattr(source, "fallback_category", None))
+    return rule_set.categorizer(
+        keys,
+        fallback=getattr(source, "fallback_category", None),
+        non_clinical_category=getattr(source, "non_clinical_category", None),
+    )
 
 
 def fallback_warnings(invoice: Invoice) -> list[Issue]:

@@ -8,11 +8,14 @@ batch is written together with its checkpoint, so a killed run resumes where it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -22,7 +25,7 @@ import orjson
 import structlog
 
 from connector.errors import ConnectorError, RecordError
-from connector.issues import Issue, Reason, errors_only
+from connector.issues import REASON_HELP, Issue, Reason, errors_only
 from connector.logging import RunBinding, bound_run
 from connector.mapping.kit import CategoryRules, MappingContext, SourceMapping
 from connector.model import Invoice
@@ -30,6 +33,7 @@ from connector.pipeline.validation import PolicyCheck, normalized, validate_invo
 from connector.settings import AppConfig, SourceConfig
 from connector.sources.adapter import Adapter, FetchRequest, SourcePage
 from connector.sources.discovery import source_type
+from connector.sources.http import SlidingWindowLimiter
 from connector.store import Accepted, BatchCounts, Rejected, Store
 
 log = structlog.get_logger("connector.pipeline.engine")
@@ -57,6 +61,30 @@ class RunResult:
     resumed: bool = False
     # Stopped on request between batches: recorded as "interrupted", resume point kept.
     interrupted: bool = False
+    # A dry run: nothing was written; `would_store` records passed and counts.quarantined
+    # would have been quarantined.
+    dry_run: bool = False
+    would_store: int = 0
+    # Quarantined records per blocking reason code (a record may carry several).
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def stored(self) -> int:
+        """Records written into the store by this run (new or changed)."""
+        return self.counts.inserted + self.counts.updated
+
+    def all_quarantined(self) -> bool:
+        """Every record fetched went to quarantine (nothing passed): worth a warning."""
+        c = self.counts
+        passed = self.would_store if self.dry_run else c.inserted + c.updated + c.unchanged
+        return self.ok and c.fetched > 0 and c.quarantined > 0 and passed == 0
+
+    def top_reason(self) -> tuple[str, int, str] | None:
+        """The most frequent quarantine reason: (code, records, its fix)."""
+        if not self.reasons:
+            return None
+        code, count = self.reasons.most_common(1)[0]
+        return code, count, REASON_HELP[Reason(code)][1]
 
 
 @dataclass
@@ -173,10 +201,16 @@ class Engine:
         exit_after = os.environ.get(EXIT_AFTER_BATCHES_ENV)
         self._exit_after = int(exit_after) if exit_after else None
         self._stop = threading.Event()
+        # One asyncio event per run under way, set by `request_stop` to end a page wait.
+        self._stop_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
 
     def request_stop(self) -> None:
-        """End every run of this engine after the batch being written (from any thread)."""
+        """End every run of this engine after the batch being written (from any thread, or a
+        signal handler): a page still being fetched is abandoned, never half written."""
         self._stop.set()
+        for loop, event in list(self._stop_waiters):
+            with contextlib.suppress(RuntimeError):  # that loop is closed: its run is over
+                loop.call_soon_threadsafe(event.set)
 
     def selected_sources(self, names: Sequence[str] | None = None) -> list[SourceConfig]:
         if names:
@@ -192,7 +226,9 @@ class Engine:
 
     def build_adapter(self, source: SourceConfig) -> Adapter:
         transport = self._transport_factory(source) if self._transport_factory else None
-        return source_type(source.type).adapter_class().create(source, transport=transport)
+        adapter = source_type(source.type).adapter_class().create(source, transport=transport)
+        report_rate_limit_waits(adapter, source.name)
+        return adapter
 
     def processor(self, source: SourceConfig) -> RecordProcessor:
         return RecordProcessor.for_source(
@@ -210,12 +246,21 @@ class Engine:
         kind: str = "sync",
         date_from: date | None = None,
         date_to: date | None = None,
+        dry_run: bool = False,
     ) -> RunResult:
+        """One run of `source`. A dry run fetches, maps and validates exactly as a sync does
+        and writes nothing: no invoice, no quarantine entry, no checkpoint, no run row."""
         # Every log line of the run, the libraries' (httpx, alembic) included, carries the
         # source, the kind and, once the run is recorded, its id.
         with bound_run(source.name, kind=kind) as run_fields:
             return await self._sync_source(
-                source, run_fields, full=full, kind=kind, date_from=date_from, date_to=date_to
+                source,
+                run_fields,
+                full=full,
+                kind=kind,
+                date_from=date_from,
+                date_to=date_to,
+                dry_run=dry_run,
             )
 
     async def _sync_source(
@@ -227,15 +272,17 @@ class Engine:
         kind: str,
         date_from: date | None,
         date_to: date | None,
+        dry_run: bool,
     ) -> RunResult:
         started = time.monotonic()
         name = source.name
         bound = log.bind(source=name, kind=kind)
-        result = RunResult(source=name, kind=kind, ok=False)
+        result = RunResult(source=name, kind=kind, ok=False, dry_run=dry_run)
         track_state = kind == "sync"
+        run_id = 0
         try:
             state = await asyncio.to_thread(self.store.get_state, name)
-            if kind == "sync":
+            if kind == "sync" and not dry_run:
                 await asyncio.to_thread(self.store.mark_abandoned_runs, name)
             adapter = self.build_adapter(source)
             resume = state.resume if (track_state and not full) else None
@@ -255,12 +302,17 @@ class Engine:
                     since = state.cursor - source.lookback
                 position, high_water = None, None
             request = FetchRequest(
-                since=since, date_from=date_from, date_to=date_to, resume=position
+                since=since,
+                date_from=date_from,
+                date_to=date_to,
+                resume=position,
+                carried=state.carry if track_state else None,
             )
-            run_id = await asyncio.to_thread(self.store.start_run, name, kind, state.cursor)
-            result.run_id = run_id
-            run_fields.bind(run_id=run_id)
-            bound = bound.bind(run_id=run_id)
+            if not dry_run:
+                run_id = await asyncio.to_thread(self.store.start_run, name, kind, state.cursor)
+                result.run_id = run_id
+                run_fields.bind(run_id=run_id)
+                bound = bound.bind(run_id=run_id)
         except ConnectorError as exc:
             result.error = str(exc)
             bound.error("sync.failed", error=result.error)
@@ -268,7 +320,7 @@ class Engine:
         processor = self.processor(source)
         try:
             async with adapter:
-                high_water = await self._run_pages(
+                high_water, carry = await self._run_pages(
                     adapter,
                     processor,
                     request,
@@ -281,23 +333,25 @@ class Engine:
                 )
                 result.requests = adapter.client.stats.requests
             cursor_after = _later(state.cursor, high_water) if track_state else None
-            await asyncio.to_thread(
-                self.store.finish_run,
-                run_id,
-                name,
-                status="ok",
-                cursor_after=cursor_after,
-                clear_resume=True,
-                track_state=track_state,
-            )
+            if not dry_run:
+                await asyncio.to_thread(
+                    self.store.finish_run,
+                    run_id,
+                    name,
+                    status="ok",
+                    cursor_after=cursor_after,
+                    clear_resume=True,
+                    track_state=track_state,
+                    carry=carry,
+                )
             result.ok = True
         except (ConnectorError, httpx.HTTPError) as exc:
-            result.error = str(exc) or type(exc).__name__
+            result.error = worded_for_scheme(str(exc) or type(exc).__name__, source.base_url)
             result.interrupted = isinstance(exc, RunInterrupted)
         except Exception as exc:  # keep other sources alive whatever happened here
             bound.exception("sync.crashed")
             result.error = f"internal error: {type(exc).__name__}: {exc}"
-        if not result.ok:
+        if not result.ok and not dry_run:
             try:
                 await asyncio.to_thread(
                     self.store.finish_run,
@@ -316,6 +370,8 @@ class Engine:
             "resumed": result.resumed,
             "seconds": round(result.seconds, 3),
         }
+        if dry_run:
+            summary.update(dry_run=True, would_store=result.would_store)
         if result.ok:
             bound.info("sync.finished", status="ok", requests=result.requests, **summary)
         else:
@@ -334,12 +390,24 @@ class Engine:
         name: str,
         track_state: bool,
         result: RunResult,
-    ) -> datetime | None:
+    ) -> tuple[datetime | None, dict[str, Any] | None]:
         pending: asyncio.Task[BatchCounts] | None = None
+        carry: dict[str, Any] | None = None
         pages = adapter.fetch_pages(request)
+        watch = _StopWatch(asyncio.Event())
+        stop_waiter = (asyncio.get_running_loop(), watch.event)
+        self._stop_waiters.add(stop_waiter)
+        if self._stop.is_set():
+            watch.event.set()
+        watcher = asyncio.create_task(watch.run())
         try:
-            async for page in pages:
+            while (page := await self._next_page(pages, watch)) is not None:
                 batch, page_high = self._build_batch(processor, page)
+                carry = page.carry if page.carry is not None else carry
+                for rejected in batch.rejected:
+                    result.reasons.update(
+                        {i.code.value for i in rejected.issues if i.severity == "error"}
+                    )
                 high_water = _later(high_water, page_high)
                 batch.resume = (
                     {
@@ -356,14 +424,20 @@ class Engine:
                     pending = None
                     self._after_batch()
                     self._stop_if_requested()
-                pending = asyncio.create_task(
-                    asyncio.to_thread(self._write, run_id, name, batch, track_state)
-                )
+                if result.dry_run:
+                    result.would_store += len(batch.accepted)
+                    pending = asyncio.create_task(_counted_only(batch))
+                else:
+                    pending = asyncio.create_task(
+                        asyncio.to_thread(self._write, run_id, name, batch, track_state)
+                    )
             if pending is not None:
                 result.counts.add(await pending)
                 pending = None
                 self._after_batch()
         finally:
+            self._stop_waiters.discard(stop_waiter)
+            watcher.cancel()
             try:
                 # Closed now, not when collected: the adapter's detail calls in flight end here.
                 aclose = getattr(pages, "aclose", None)
@@ -373,7 +447,29 @@ class Engine:
                 if pending is not None:
                     # Never abandon a batch mid-write: let the transaction finish (or fail).
                     result.counts.add(await asyncio.shield(pending))
-        return high_water
+        return high_water, carry
+
+    async def _next_page(
+        self, pages: AsyncIterator[SourcePage], watch: _StopWatch
+    ) -> SourcePage | None:
+        """The next page, or None after the last; `RunInterrupted` as soon as a stop is
+        requested, abandoning the page being fetched (a rate-limit wait, a slow vendor). The
+        page is read in this task: the adapter's generator keeps its task all along."""
+        if watch.event.is_set():
+            raise RunInterrupted("stopped on request between batches; the next run resumes")
+        watch.fetching = True
+        try:
+            return await anext(pages)
+        except StopAsyncIteration:
+            return None
+        except asyncio.CancelledError:
+            if watch.cancelled and watch.task.uncancel() == 0:
+                raise RunInterrupted(
+                    "stopped on request while a page was fetched; the next run resumes"
+                ) from None
+            raise
+        finally:
+            watch.fetching = False
 
     def _write(self, run_id: int, name: str, batch: Batch, track_state: bool) -> BatchCounts:
         return self.store.write_batch(
@@ -427,6 +523,98 @@ class Engine:
             rejected.append(Rejected(key, failure.raw, None, [failure.issue]))
         fetched = len(page.records) + len(page.failures)
         return Batch(accepted, rejected, fetched, None), high
+
+
+class _StopWatch:
+    """Cancels the run's task when a stop is requested while it waits for a page: the page is
+    abandoned, and `_next_page` turns the cancellation into `RunInterrupted`."""
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+        task = asyncio.current_task()
+        assert task is not None, "a run is always a task"
+        self.task = task
+        self.fetching = False
+        self.cancelled = False
+
+    async def run(self) -> None:
+        await self.event.wait()
+        if self.fetching:
+            self.cancelled = True
+            self.task.cancel()
+
+
+async def _counted_only(batch: Batch) -> BatchCounts:
+    """A dry run's stand-in for a batch write: what would have been stored, writing nothing."""
+    return BatchCounts(fetched=batch.fetched, quarantined=len(batch.rejected))
+
+
+# A rate-limit wait at least this long is announced (shorter ones are the limiter's rhythm).
+RATE_WAIT_REPORT_S = 2.0
+
+
+class ReportingLimiter:
+    """A source client's rate limiter that logs `source.rate_limit_wait` before a long wait,
+    so that an operator watching `sync` or `validate` sees why nothing moves."""
+
+    def __init__(self, inner: SlidingWindowLimiter, source: str) -> None:
+        self._inner = inner
+        self._source = source
+        self._announced_until = 0.0
+
+    async def acquire(self) -> None:
+        now = time.monotonic()
+        wait = self._expected_wait(now)
+        if wait >= RATE_WAIT_REPORT_S and now + wait > self._announced_until + 1.0:
+            self._announced_until = now + wait
+            per_minute = round(self._inner.limit * 60 / self._inner.window)
+            log.info(
+                "source.rate_limit_wait",
+                source=self._source,
+                wait_s=round(wait),
+                limit_per_minute=per_minute,
+                detail=f"waiting {round(wait)} s for {self._source}'s rate limit "
+                f"({per_minute}/min)",
+            )
+        await self._inner.acquire()
+
+    def _expected_wait(self, now: float) -> float:
+        inner = self._inner
+        live = [start for start in inner._starts if now - start < inner.window]
+        if len(live) < inner.limit:
+            return 0.0
+        return inner.window - (now - live[0])
+
+
+def report_rate_limit_waits(adapter: Adapter, source: str) -> None:
+    """Announce the long rate-limit waits of `adapter`'s client. The limiter is wrapped where
+    the client keeps it; an HTTP client without one (or of another kind) is left alone."""
+    client = getattr(adapter, "client", None)
+    inner = getattr(client, "_limiter", None)
+    if isinstance(inner, SlidingWindowLimiter):
+        client._limiter = ReportingLimiter(inner, source)  # type: ignore[union-attr]
+
+
+# aiohttp's "Cannot connect to host H:P ssl:default [reason]" names TLS settings even for a
+# plain-http URL; the operator is told what was tried, in the URL's own terms.
+_CANNOT_CONNECT = re.compile(
+    r"(?:cannot connect: )?Cannot connect to host (?P<host>\S+?) ssl:\S+(?: \[(?P<why>[^\]]*)\])?"
+)
+
+
+def worded_for_scheme(text: str, base_url: str) -> str:
+    """An error text with transport jargon replaced by words matching the URL's scheme."""
+    scheme = base_url.split("://", 1)[0].lower()
+    over = "plain HTTP" if scheme == "http" else "HTTPS"
+
+    def reworded(match: re.Match[str]) -> str:
+        why = match["why"] or "no connection"
+        return (
+            f"cannot connect to {match['host']} over {over}: {why} - is the service running "
+            "and the port right?"
+        )
+
+    return _CANNOT_CONNECT.sub(reworded, text)
 
 
 def mapping_options(source: SourceConfig) -> dict[str, Any]:

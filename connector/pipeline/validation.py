@@ -13,6 +13,7 @@ from decimal import Decimal
 from connector.issues import Issue, Reason
 from connector.mapping.types import MAX_AMOUNT, more_places_than
 from connector.model import QUANTITY_PLACES, Invoice, LineItem, plain_quantity, to_cents
+from connector.pipeline.categories import unmapped_message
 
 PolicyCheck = Callable[[Invoice], list[Issue]]
 
@@ -59,11 +60,9 @@ def _item_issues(index: int, item: LineItem, issues: list[Issue]) -> bool:
     quantity, unit_price, total = item.quantity, item.unit_price, item.total
     if item.category is None:
         said = f" ({item.source_category!r})" if item.source_category else ""
-        issues.append(
-            Issue(
-                Reason.CATEGORY_UNMAPPED, f"items[{index}].category", f"no MediTrak category{said}"
-            )
-        )
+        # A rule may leave an item unmapped on purpose (a non-clinical charge): it says why.
+        message = unmapped_message(item) or f"no MediTrak category{said}"
+        issues.append(Issue(Reason.CATEGORY_UNMAPPED, f"items[{index}].category", message))
     if not item.description:
         issues.append(
             Issue(

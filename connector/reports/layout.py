@@ -161,12 +161,16 @@ def _mapping_blocks(mapping: dict[str, Any]) -> list[Block]:
     ]
     if len(categories["by_rule"]) > 25:
         blocks.append(Para(f"... and {len(categories['by_rule']) - 25} more rules", "muted"))
+    blocks += _category_kind_blocks(categories)
     if categories["unmapped_descriptions"]:
         blocks += [
             Heading(3, "Most frequent unmapped item descriptions"),
             Table(
-                ("description", "items"),
-                [(d["description"], str(d["count"])) for d in categories["unmapped_descriptions"]],
+                ("description", "items", "left unmapped by"),
+                [
+                    (d["description"], str(d["count"]), d["rule"] or "no rule matched")
+                    for d in categories["unmapped_descriptions"]
+                ],
                 numeric=frozenset({1}),
             ),
         ]
@@ -209,7 +213,82 @@ def _mapping_blocks(mapping: dict[str, Any]) -> list[Block]:
             numeric=frozenset({0, 1, 2, 3, 4}),
         ),
     ]
+    return blocks + _resolution_blocks(policies["resolution"])
+
+
+def _category_kind_blocks(categories: dict[str, Any]) -> list[Block]:
+    """Which kind of rule decided the items' categories (the `categories explain` steps)."""
+    kinds = [k for k in categories["by_kind"] if k["count"]]
+    if not kinds:
+        return []
+    return [
+        Heading(3, "Category decisions by rule kind"),
+        Table(
+            ("rule kind", "items", "categories"),
+            [
+                (
+                    k["kind"],
+                    str(k["count"]),
+                    ", ".join(f"{c} {n}" for c, n in k["categories"].items()),
+                )
+                for k in kinds
+            ],
+            numeric=frozenset({1}),
+            tones=["warn" if k["kind"] in ("fallback", "none") else "" for k in kinds],
+        ),
+    ]
+
+
+def _resolution_blocks(resolution: dict[str, Any]) -> list[Block]:
+    """Where each invoice's policy came from, and the candidates that disagreed."""
+    kinds = resolution["by_kind"]
+    blocks: list[Block] = [
+        Heading(3, "Policy resolution"),
+        Para(
+            f"Billed policy from: patient link {kinds['link']}, the record's policy field "
+            f"{kinds['record']}, a vendor reference field {kinds['reference']}, none "
+            f"{kinds['none']}. {resolution['with_several_candidates']} invoice(s) had "
+            f"candidates that disagree; {resolution['conflicts']} POLICY_CONFLICT warning(s)."
+        ),
+    ]
+    if resolution["by_origin"]:
+        blocks.append(
+            Table(
+                ("policy from", "kind", "invoices"),
+                [(o["origin"], o["kind"], str(o["invoices"])) for o in resolution["by_origin"]],
+                numeric=frozenset({2}),
+            )
+        )
+    if resolution["conflict_examples"]:
+        blocks.append(Para("Candidates that disagree (examples; masked, best first):"))
+        blocks.append(
+            Table(
+                ("id", "candidates, best first (masked)"),
+                [
+                    (
+                        e["id"],
+                        "; ".join(
+                            f"{'used ' if c['used'] else ''}{c['origin']} {c['number']}"
+                            + (f" ({c['standing']})" if c["standing"] else "")
+                            for c in e["candidates"]
+                        ),
+                    )
+                    for e in resolution["conflict_examples"]
+                ],
+                tones=["warn"] * len(resolution["conflict_examples"]),
+                stack=True,
+            )
+        )
     return blocks
+
+
+def _patient_cell(patient: dict[str, Any]) -> str:
+    """Masked name / policy, and where the policy came from when not the record's field."""
+    policy = patient["policy_number"]
+    source = patient.get("policy_source")
+    if policy and source and source != "policy_number":
+        policy = f"{policy} ({source})"
+    return " / ".join(v for v in (patient["name"], policy) if v) or "-"
 
 
 def _fix_blocks(report: dict[str, Any]) -> list[Block]:
@@ -256,10 +335,7 @@ def _fix_blocks(report: dict[str, Any]) -> list[Block]:
                 [
                     (
                         r["id"],
-                        " / ".join(
-                            v for v in (r["patient"]["name"], r["patient"]["policy_number"]) if v
-                        )
-                        or "-",
+                        _patient_cell(r["patient"]),
                         "yes" if r["blocking"] else "no",
                         ", ".join(r["reasons"] + [f"{w} (warning)" for w in r["warnings"]]),
                         f"{r['issues'][0]['path']}: {r['issues'][0]['message']}",

@@ -1,7 +1,9 @@
-"""Pagination anomalies and hostile bodies: a list endpoint that misbehaves the way real
-vendors' lists do, or whose answer is built to exhaust a client's memory or patience.
+"""Pagination anomalies, hostile bodies and overload: a list endpoint that misbehaves the way
+real vendors' lists do, an answer built to exhaust a client's memory or patience, or a vendor
+that slows down or refuses above K concurrent requests.
 
-Armed per dialect on a running sandbox (`SandboxServer.set_anomaly`, `set_hostile_body`); the
+Armed per dialect on a running sandbox (`SandboxServer.set_anomaly`, `set_hostile_body`,
+`set_overload` for a vendor that degrades above K concurrent requests); the
 dialect's `list_shape` says where its list answers keep records, total and next link, so this
 module needs no per-vendor knowledge.
 """
@@ -13,7 +15,7 @@ import json
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ._dialect import Dialect, ListShape
+from ._dialect import Dialect, ListShape, json_response
 
 ANOMALIES: tuple[str, ...] = (
     "duplicate",
@@ -290,3 +292,61 @@ def _gzip_tail(size: int, body: bytes) -> bytes:
     deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     final = deflater.compress(body) + deflater.flush()
     return final + struct.pack("<II", zlib.crc32(body, crc), (size + len(body)) & 0xFFFFFFFF)
+
+
+OVERLOAD_MODES: tuple[str, ...] = ("queue", "503")
+
+
+class Overload:
+    """A vendor that serves `capacity` requests at once as usual and degrades above that:
+
+    queue  a request over `capacity` waits for a place, then takes the usual latency: the
+           latency grows with the queue, the throughput stays `capacity` / latency
+    503    a request over `capacity` is answered 503 (no Retry-After) after the usual latency
+
+    Counted on the server loop only (entered and left in the vendor middleware)."""
+
+    def __init__(self, capacity: int, mode: str = "queue") -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError("capacity must be a positive integer")
+        if mode not in OVERLOAD_MODES:
+            raise ValueError(f"overload mode {mode!r} is not one of {', '.join(OVERLOAD_MODES)}")
+        self.capacity = capacity
+        self.mode = mode
+        self.active = 0
+        self.refused = 0
+        self._places = asyncio.Semaphore(capacity)
+
+    async def enter(self) -> bool:
+        """Take a place (waiting for one in "queue" mode); False: refuse this request."""
+        if self.mode == "queue":
+            await self._places.acquire()
+        elif self.active >= self.capacity:
+            self.refused += 1
+            return False
+        self.active += 1
+        return True
+
+    def leave(self) -> None:
+        self.active -= 1
+        if self.mode == "queue":
+            self._places.release()
+
+
+def overload_route(arm: Callable[[Overload | None], None]) -> Any:
+    """POST /_sandbox/overload {"capacity": K, "mode": "queue"|"503"}; {"capacity": null}
+    disarms. `arm` installs the new state on the dialect."""
+
+    async def set_overload(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("body must be a JSON object")
+            capacity = body.get("capacity")
+            overload = None if capacity is None else Overload(capacity, body.get("mode", "queue"))
+        except ValueError as exc:
+            return json_response({"error": str(exc)}, status=400)
+        arm(overload)
+        return json_response({"capacity": capacity, "mode": body.get("mode", "queue")})
+
+    return set_overload

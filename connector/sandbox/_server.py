@@ -2,8 +2,9 @@
 
 The server adds what every fake vendor shares: request statistics, artificial latency, injected
 faults (429 with Retry-After, 500, 502, 503, stalls longer than a client's timeout, connections
-dropped without an answer), pagination anomalies and hostile bodies (oversized, gzip bomb,
-slow drip) of the list endpoints, and the unauthenticated
+dropped without an answer), overload above K concurrent requests (queueing or 503), pagination
+anomalies and hostile bodies (oversized, gzip bomb, slow drip) of the list endpoints, and the
+unauthenticated
 /_sandbox/ admin routes that tests and benchmarks use to inspect the truth and change it.
 """
 
@@ -21,12 +22,13 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from types import FrameType, TracebackType
 from typing import Any
 
 from aiohttp import web
 
-from ._anomaly import HostileBody, ListAnomaly
+from ._anomaly import HostileBody, ListAnomaly, Overload, overload_route
 from ._dataset import EXPECTED_REASON, Dataset, generate_dataset
 from ._dialect import Dialect, available_dialects, iso_z, json_response, load_dialect, port_offset
 
@@ -150,13 +152,6 @@ class DialectStats:
             self.faults_injected += 1
             self.faults_by_kind[fault] += 1
 
-    def requests_last_60s(self, credential: str) -> int:
-        """Requests this credential made in the last 60 s (for dialects that rate-limit)."""
-        now = time.monotonic()
-        with self._lock:
-            window = self._windows.get(credential)
-            return 0 if window is None else sum(1 for t in window if t > now - _WINDOW_S)
-
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -202,6 +197,7 @@ class _Mounted:
     runner: web.AppRunner | None = None
     anomaly: ListAnomaly | None = None
     hostile: HostileBody | None = None
+    overload: Overload | None = None
 
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -223,7 +219,11 @@ def _vendor_middleware(mounted: _Mounted) -> Any:
         fault = faults.draw()
         if fault is not None:
             stats.injected(fault)
+        overload, admitted = mounted.overload, False
         try:
+            if overload is not None:
+                admitted = await overload.enter()
+                fault = fault if admitted else "503"
             if faults.latency_ms > 0:
                 await asyncio.sleep(faults.latency_ms / 1000)
             response: web.StreamResponse
@@ -254,14 +254,10 @@ def _vendor_middleware(mounted: _Mounted) -> Any:
             status = exc.status
             raise
         finally:
+            if admitted and overload is not None:
+                overload.leave()
             entry = RequestLogEntry(
-                request.method,
-                request.path_qs,
-                credential,
-                began,
-                time.monotonic(),
-                status,
-                fault,
+                request.method, request.path_qs, credential, began, time.monotonic(), status, fault
             )
             stats.finished(status, entry=entry)
 
@@ -489,6 +485,11 @@ class SandboxServer:
         """Send a dialect's list answers hostile (see `HostileBody`); None: normal again."""
         self._get(name).hostile = body
 
+    def set_overload(self, name: str, capacity: int | None, mode: str = "queue") -> None:
+        """Degrade a dialect above `capacity` concurrent requests (`Overload`); None: no more."""
+        mounted = self._get(name)
+        mounted.overload = None if capacity is None else Overload(capacity, mode)
+
     def anomaly_log(self, name: str) -> list[str]:
         """What the armed anomaly did so far (e.g. "deleted INV-000003"), for test messages."""
         anomaly = self._get(name).anomaly
@@ -541,6 +542,7 @@ def _add_admin_routes(mounted: _Mounted) -> None:
     POST /_sandbox/anomaly            {"mode": one of ANOMALIES (._anomaly) or null}
     POST /_sandbox/body               {"mode": one of BODY_MODES (._anomaly) or null, "size",
                                       "interval_s"}: hostile list answers (`HostileBody`)
+    POST /_sandbox/overload           {"capacity": K or null, "mode": "queue" or "503"}
     GET  /_sandbox/registry.csv       the MediTrak policy registry
     """
     dialect, stats, faults = mounted.dialect, mounted.stats, mounted.faults
@@ -660,6 +662,7 @@ def _add_admin_routes(mounted: _Mounted) -> None:
     router.add_post("/_sandbox/faults", set_faults)
     router.add_post("/_sandbox/anomaly", set_anomaly)
     router.add_post("/_sandbox/body", set_body)
+    router.add_post("/_sandbox/overload", overload_route(partial(setattr, mounted, "overload")))
     router.add_get("/_sandbox/registry.csv", registry_csv)
 
 

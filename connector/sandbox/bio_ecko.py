@@ -28,6 +28,7 @@ from ._dataset import (
     item_total,
 )
 from ._dialect import Dialect, json_response, money, parse_int, parse_iso_date
+from ._webhooks import WebhookSender
 
 CLIENT_ID = "sandbox-bio-ecko-client"
 REQUIRED_SCOPE = "billing:read"
@@ -314,11 +315,23 @@ class BioEckoDialect(Dialect):
         self.bare_array = False
         self._grants: dict[str, _Grant] = {}
         self._grants_lock = threading.Lock()
+        # Signed webhooks to a subscriber (`/_sandbox/webhooks`, see `._webhooks`); the event
+        # data is the invoice's summary row, patient name included, as a vendor would send.
+        self.webhooks = WebhookSender(
+            dataset, lambda inv: {"invoice_id": inv.id, **self.summary(inv)}, bio_ecko_status
+        )
 
     # -- hooks --
 
     def credentials(self) -> dict[str, str]:
         return {"client_id": self.client_id, "client_secret": self.token}
+
+    def vendor_patient_ref(self, invoice: SandboxInvoice) -> str:
+        # An unregistered policy belongs to a patient record of its own, never linked: the
+        # patient's registered link would rightly win over it (docs/sources.md).
+        if invoice.defect == "unregistered_policy":
+            return f"{invoice.patient_ref}-{invoice.id}"
+        return invoice.patient_ref
 
     def expire_tokens(self) -> None:
         with self._grants_lock:
@@ -352,6 +365,7 @@ class BioEckoDialect(Dialect):
         app.router.add_get(f"{root}/billing/invoices", self.list_invoices)
         app.router.add_get(f"{root}/billing/invoices/{{invoice_id}}", self.get_invoice)
         app.router.add_get(f"{root}/billing/summary", self.summary_report)
+        self.webhooks.add_routes(app)
 
     # -- auth --
 
@@ -450,7 +464,7 @@ class BioEckoDialect(Dialect):
                 "status": view.status,
                 "supply_type": "inter_state" if view.inter_state else "intra_state",
                 "patient": {
-                    "id": invoice.patient_ref,
+                    "id": self.vendor_patient_ref(invoice),
                     "name": invoice.patient_name,
                     "insurance": {
                         "provider": "Star Health",
@@ -506,7 +520,7 @@ class BioEckoDialect(Dialect):
                 return False
             if branch_id is not None and BRANCH_IDS[invoice.facility] != branch_id:
                 return False
-            return patient_id is None or invoice.patient_ref == patient_id
+            return patient_id is None or self.vendor_patient_ref(invoice) == patient_id
 
         return ("list", status, date_from, date_to, branch_id, patient_id), keep
 

@@ -6,14 +6,21 @@ collapsed to one item per invoice when the dialect is built: quantity 1 x the in
 categorised as its first generated item and described in Spanish. Truth and connector then
 agree to the cent. Invoices added later by the admin routes keep their items; they are
 rendered as their sum under the first item's Spanish description.
+
+By default the login belongs to two clinics and every invoice is the first one's. With
+`invoice_clinics` n >= 2 (environment `CONNECTOR_SANDBOX_CITABOX_CLINICS`, or the attribute)
+the invoices are spread over n clinics, each with its own array, and the login belongs to a
+further clinic that has none: a clinic group, which the connector reads with `clinic_id: all`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import gc
 import hashlib
+import os
 import secrets
 import threading
 import zlib
@@ -46,6 +53,44 @@ CLINICS: tuple[dict[str, str], ...] = (
     },
 )
 SERVED_CLINIC = CLINICS[0]["clinic_id"]
+# How many clinics share the invoices (see the module doc); read when a dialect starts.
+INVOICE_CLINICS_ENV = "CONNECTOR_SANDBOX_CITABOX_CLINICS"
+_GROUP_NAMES = (
+    ("Clínica Heredia", "Pediatría"),
+    ("Centro Médico Cartago", "Medicina General"),
+    ("Clínica Liberia", "Ginecología"),
+    ("Consultorio Alajuela", "Fisioterapia"),
+)
+
+
+@functools.cache
+def clinic_roster(invoice_clinics: int) -> tuple[dict[str, str], ...]:
+    """The login's memberships: the clinics holding invoices first, then one without any
+    (cached: it is asked once per invoice rendered, and never changed)."""
+    if invoice_clinics <= 1:
+        return CLINICS
+    extra = [
+        {
+            "clinic_id": vendor_uuid("clinic", str(number)),
+            "clinic_name": name if number < len(_GROUP_NAMES) else f"{name} {number + 1}",
+            "role": "ADMIN",
+            "specialty": specialty,
+        }
+        for number in range(invoice_clinics - 1)
+        for name, specialty in [_GROUP_NAMES[number % len(_GROUP_NAMES)]]
+    ]
+    return (CLINICS[0], *extra, CLINICS[1])
+
+
+def invoice_clinics_from_env() -> int:
+    text = os.environ.get(INVOICE_CLINICS_ENV, "").strip()
+    if not text:
+        return 1
+    if not text.isdigit() or not 1 <= int(text) <= 50:
+        raise ValueError(f"{INVOICE_CLINICS_ENV} must be a whole number from 1 to 50")
+    return int(text)
+
+
 _ISSUER_ID = "003101123456"  # the clinic's cédula jurídica, 12 digits as in the numeric key
 
 # Spanish service descriptions per MediTrak category, as a Costa Rican clinic writes them.
@@ -221,7 +266,10 @@ class CitaBoxDialect(Dialect):
         collapse_to_one_service(dataset)
         self._issued: set[str] = set()
         self._issued_lock = threading.Lock()
-        self._cache: tuple[int, bytes] | None = None
+        # How many clinics share the invoices: 1 is one clinic (and an empty second one).
+        self.invoice_clinics = invoice_clinics_from_env()
+        # Clinic id -> (dataset version, clinic count, its rendered array).
+        self._cache: dict[str, tuple[int, int, bytes]] = {}
         # Truth id -> (what the record was rendered from, its JSON): after a mutation only the
         # changed invoice is rendered again.
         self._fragments: dict[str, tuple[tuple[Any, ...], bytes]] = {}
@@ -232,16 +280,30 @@ class CitaBoxDialect(Dialect):
     def credentials(self) -> dict[str, str]:
         return {"email": self.email, "password": self.token}
 
+    @property
+    def memberships(self) -> tuple[dict[str, str], ...]:
+        return clinic_roster(self.invoice_clinics)
+
+    def clinic_of(self, invoice: SandboxInvoice) -> str:
+        """The clinic whose array serves this invoice (stable across runs)."""
+        if self.invoice_clinics <= 1:
+            return SERVED_CLINIC
+        return self.memberships[_stable(invoice.id, "clinic") % self.invoice_clinics]["clinic_id"]
+
+    def stored_key(self, invoice: SandboxInvoice) -> str:
+        """The key the connector stores this invoice under with `connector_source`'s config:
+        the CitaBox id, prefixed with its clinic when several clinics are read."""
+        vid = self.vendor_id(invoice)
+        return vid if self.invoice_clinics <= 1 else f"{self.clinic_of(invoice)}:{vid}"
+
     def connector_source(self, api_url: str) -> dict[str, Any]:
-        """Login credentials; the clinic is left to default to the first membership, and its
-        name is given as the facility (CitaBox invoices do not carry it)."""
-        return {
-            "type": self.name,
-            "name": self.name,
-            "base_url": api_url,
-            **self.credentials(),
-            "facility": CLINICS[0]["clinic_name"],
-        }
+        """Login credentials and the clinic(s): the one serving invoices, by id, with its
+        name as the facility (CitaBox invoices do not carry it); or, when several clinics
+        share the invoices, `all` of them, each invoice's facility its clinic's name."""
+        source = {"type": self.name, "name": self.name, "base_url": api_url, **self.credentials()}
+        if self.invoice_clinics > 1:
+            return {**source, "clinic_id": "all"}
+        return {**source, "clinic_id": SERVED_CLINIC, "facility": CLINICS[0]["clinic_name"]}
 
     def vendor_id(self, invoice: SandboxInvoice) -> str:
         return vendor_uuid("invoice", invoice.id)
@@ -313,7 +375,7 @@ class CitaBoxDialect(Dialect):
         first, _, last = invoice.patient_name.partition(" ")
         return {
             "id": vid,
-            "clinic_id": SERVED_CLINIC,
+            "clinic_id": self.clinic_of(invoice),
             "patient_id": patient_id,
             "appointment_id": appointment_id,
             "hacienda_consecutive": number,
@@ -359,6 +421,7 @@ class CitaBoxDialect(Dialect):
 
     def _fragment(self, invoice: SandboxInvoice) -> bytes:
         basis = (
+            self.invoice_clinics,
             invoice.updated_at,
             invoice.status,
             invoice.defect,
@@ -372,38 +435,39 @@ class CitaBoxDialect(Dialect):
         self._fragments[invoice.id] = (basis, rendered)
         return rendered
 
-    def _render(self) -> tuple[int, bytes]:
+    def _render(self, clinic: str) -> bytes:
         with self.dataset.lock:
-            version = self.dataset.version
-            cached = self._cache
-            if cached is not None and cached[0] == version:
-                return cached
+            version, spread = self.dataset.version, self.invoice_clinics
+            cached = self._cache.get(clinic)
+            if cached is not None and cached[:2] == (version, spread):
+                return cached[2]
             invoices = self.dataset.invoices
             # As in dataset generation: cyclic GC passes over the live dataset would cost more
             # than the rendering itself, and nothing rendered here forms cycles.
             gc_was_enabled = gc.isenabled()
             gc.disable()
             try:
-                body = b"[" + b",".join([self._fragment(inv) for inv in invoices]) + b"]"
+                served = [inv for inv in invoices if self.clinic_of(inv) == clinic]
+                body = b"[" + b",".join([self._fragment(inv) for inv in served]) + b"]"
             finally:
                 if gc_was_enabled:
                     gc.enable()
             if len(self._fragments) > len(invoices):
-                served = {inv.id for inv in invoices}
-                self._fragments = {k: v for k, v in self._fragments.items() if k in served}
-        self._cache = (version, body)
-        return self._cache
+                known = {inv.id for inv in invoices}
+                self._fragments = {k: v for k, v in self._fragments.items() if k in known}
+            self._cache[clinic] = (version, spread, body)
+        return body
 
-    async def invoices_body(self) -> bytes:
-        """The served clinic's array, rendered at most once per dataset version."""
-        cached = self._cache
-        if cached is not None and cached[0] == self.dataset.version:
-            return cached[1]
+    async def invoices_body(self, clinic: str = SERVED_CLINIC) -> bytes:
+        """One clinic's array, rendered at most once per dataset version."""
+        cached = self._cache.get(clinic)
+        if cached is not None and cached[:2] == (self.dataset.version, self.invoice_clinics):
+            return cached[2]
         if self._render_lock is None:
             self._render_lock = asyncio.Lock()
         async with self._render_lock:
             # Off the event loop: 100k invoices take a moment, other requests keep flowing.
-            return (await asyncio.to_thread(self._render))[1]
+            return await asyncio.to_thread(self._render, clinic)
 
     # -- handlers --
 
@@ -429,7 +493,8 @@ class CitaBoxDialect(Dialect):
         token = _fake_jwt(vendor_uuid("user", email))
         with self._issued_lock:
             self._issued.add(token)
-        return json_response({"access_token": token, "memberships": list(CLINICS)}, status=201)
+        memberships = list(self.memberships)
+        return json_response({"access_token": token, "memberships": memberships}, status=201)
 
     def _token_ok(self, request: web.Request) -> bool:
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
@@ -442,7 +507,7 @@ class CitaBoxDialect(Dialect):
         clinic = request.headers.get("x-clinic-id")
         if not clinic:
             return _nest_error(403, "x-clinic-id header is required", "Forbidden")
-        if clinic not in {c["clinic_id"] for c in CLINICS}:
+        if clinic not in {c["clinic_id"] for c in self.memberships}:
             return _nest_error(403, "You do not have access to this clinic", "Forbidden")
-        body = await self.invoices_body() if clinic == SERVED_CLINIC else b"[]"
+        body = await self.invoices_body(clinic)
         return web.Response(body=body, content_type="application/json")

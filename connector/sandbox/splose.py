@@ -4,9 +4,16 @@ query parameters, and 60 requests per minute per key answered with 429 + Retry-A
 
 How the truth is rendered (choices of this sandbox where Splose documents nothing):
 - Ids are integers (the truth id's number); patients are `PAT-0007` → 7 with `{id, firstName,
-  lastName}` at `/v1/patients/{id}`; `referenceNumbers` holds the truth policy number, mostly as
-  "Policy: POL-123456", sometimes labelled "Medicare" or "Insurance" after an unrelated entry,
-  and for about one invoice in thirteen not at all (those get POLICY_MISSING downstream).
+  lastName}` at `/v1/patients/{id}`. `referenceNumbers` (Splose's provider numbers) holds the
+  truth policy mostly as "Policy: POL-123456"; one invoice in ten carries only a Medicare
+  number ("Medicare: 2123456701") and one in ten a Medicare number before its policy; one in
+  ten "Insurance: POL-…" after a DVA number ("DVA: QX000017"); about one in thirteen no entry
+  at all. A Medicare or DVA number is never the policy: invoices without a policy entry are
+  billed through the patient's link (`connector sandbox` seeds the links), and without links
+  they get POLICY_MISSING. `MEDICARE_ONLY` / `MEDICARE_BESIDE_POLICY` name the shapes.
+- An `unregistered_policy` invoice belongs to a patient of its own (`UNLINKED_PATIENT_BASE` +
+  the invoice number), never linked, so its unknown "Policy:" entry is the only candidate: a
+  patient's registered link would rightly win over it (docs/sources.md, policy resolution).
 - Items are billed from a price list: `code` identifies the service (`ITEM_CODES` maps each
   code to its MediTrak category), `type` is appointment / product / service, and products carry
   10 % GST while services are GST-free (`taxRate` 0).
@@ -64,6 +71,18 @@ QUERY_PARAMETERS = frozenset({"id_gt", "id_lt", "update_gt", "update_lt", "inclu
 _PRODUCT_CATEGORIES = frozenset({"pharmacy", "optical"})
 _APPOINTMENT_CATEGORIES = frozenset({"consultation", "physiotherapy"})
 UNKNOWN_ITEM_CODE = 99999
+# Patients of `unregistered_policy` invoices: this plus the invoice number (above any real one).
+UNLINKED_PATIENT_BASE = 1_000_000
+# Reference shapes by invoice number modulo 10 (see the module doc).
+MEDICARE_ONLY = 3
+MEDICARE_BESIDE_POLICY = 9
+DVA_BESIDE_INSURANCE = 7
+
+
+def medicare_number(number: int) -> str:
+    """A ten-digit Medicare-style number (card number + issue digit) for invoice `number`:
+    never in the registry's policy format."""
+    return f"2{number * 7919 % 10**8:08d}1"
 
 
 def _item_codes() -> dict[tuple[str, str], int]:
@@ -134,6 +153,8 @@ class SploseDialect(Dialect):
     generated_statuses: ClassVar[tuple[str, ...]] = tuple(STATUS_WORDS)
 
     def vendor_patient_ref(self, invoice: SandboxInvoice) -> str:
+        if invoice.defect == "unregistered_policy":
+            return str(UNLINKED_PATIENT_BASE + self.number(invoice))
         return str(int(invoice.patient_ref.removeprefix("PAT-")))
 
     def __init__(self, dataset: Dataset, token: str) -> None:
@@ -263,11 +284,19 @@ class SploseDialect(Dialect):
 
     def _references(self, invoice: SandboxInvoice, number: int) -> list[str] | None:
         policy = invoice.policy_number
-        if invoice.defect != "unregistered_policy" and number % 13 == 0:
+        shape = number % 10
+        if invoice.defect == "unregistered_policy":
+            # The unknown policy must stay visible: always under a policy label.
+            if shape in (MEDICARE_ONLY, MEDICARE_BESIDE_POLICY):
+                return [f"Medicare: {medicare_number(number)}", f"Policy: {policy}"]
+            return [f"Policy: {policy}"]
+        if number % 13 == 0:
             return None if number % 26 == 0 else []
-        if number % 10 == 3:
-            return [f"Medicare: {policy}"]
-        if number % 10 == 7:
+        if shape == MEDICARE_ONLY:
+            return [f"Medicare: {medicare_number(number)}"]
+        if shape == MEDICARE_BESIDE_POLICY:
+            return [f"Medicare: {medicare_number(number)}", f"Policy: {policy}"]
+        if shape == DVA_BESIDE_INSURANCE:
             return [f"DVA: QX{number:06d}", f"Insurance: {policy}"]
         return [f"Policy: {policy}"]
 
@@ -410,6 +439,15 @@ class SploseDialect(Dialect):
             return _error(404, "Not Found", "Invoice not found")
         return json_response(body)
 
+    def _unlinked_patient(self, number: int) -> str | None:
+        """The name of the own patient of an `unregistered_policy` invoice, if there is one."""
+        truth_id = f"{self.dataset.id_prefix}{number:0{self.dataset.id_width}d}"
+        with self.dataset.lock:
+            invoice = self.dataset.get(truth_id)
+        if invoice is None or invoice.defect != "unregistered_policy":
+            return None
+        return invoice.patient_name
+
     async def get_patient(self, request: web.Request) -> web.Response:
         if (refused := self._gate(request)) is not None:
             return refused
@@ -418,6 +456,8 @@ class SploseDialect(Dialect):
             return _bad_request("id must be a positive integer")
         wanted = int(text)
         name = self._patients.get(wanted)
+        if name is None and wanted > UNLINKED_PATIENT_BASE:
+            name = self._unlinked_patient(wanted - UNLINKED_PATIENT_BASE)
         if name is None:
             return _error(404, "Not Found", "Patient not found")
         first, _, last = name.partition(" ")

@@ -35,6 +35,9 @@ class FetchRequest:
     date_from: date | None = None
     date_to: date | None = None
     resume: Position | None = None
+    # What the adapter left for its next run at the end of the last finished one
+    # (`SourcePage.carry`), e.g. cursors of its own finer than the source's one.
+    carried: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,9 @@ class SourcePage:
     # Resume point after this page is stored; None when the list is exhausted.
     position: Position | None
     failures: list[RecordFailure] = field(default_factory=list)
+    # On the last page: what to hand the next run (`FetchRequest.carried`), kept by the store
+    # once the run finished ok; None keeps what was carried before.
+    carry: dict[str, Any] | None = None
 
 
 class Adapter(ABC):

@@ -58,7 +58,10 @@ class TokenAuth(httpx.Auth, ABC):
     what they were sent.
     """
 
-    requires_response_body = True
+    # The login answer is read here, capped (`_read_login`), rather than whole by httpx: a
+    # hostile or broken login endpoint must not be able to exhaust memory either.
+    requires_response_body = False
+    max_login_bytes = 1024 * 1024
 
     def __init__(self, secret: SecretStr | None = None) -> None:
         self._token: Token | None = None
@@ -101,8 +104,7 @@ class TokenAuth(httpx.Auth, ABC):
                 # Another request may have refreshed while we waited for the lock.
                 if self._token is None or not self._token.fresh():
                     login = yield self._counted_token_request()
-                    await login.aread()
-                    self._token = self._read(login)
+                    self._token = self._read(await self._read_login(login))
                 token = self._token
         self.decorate(request, token)
         response = yield request
@@ -111,13 +113,34 @@ class TokenAuth(httpx.Auth, ABC):
         async with self._lock:
             if self._token is token:  # nobody refreshed since we sent: do it once
                 login = yield self._counted_token_request()
-                await login.aread()
-                self._token = self._read(login)
+                self._token = self._read(await self._read_login(login))
             token = self._token
         if token is None:
             raise AuthError("login produced no token")
         self.decorate(request, token)
         yield request
+
+    async def _read_login(self, login: httpx.Response) -> httpx.Response:
+        """The login answer with its body read (decompressed) up to `max_login_bytes`; a longer
+        one is an `AuthError` raised while reading, so no body or compression bomb is held."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in login.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_login_bytes:
+                    where = f"{login.request.method} {login.request.url.path}"
+                    raise AuthError(
+                        f"the login answer of {where} is over {self.max_login_bytes} bytes "
+                        "(decompressed): stopped reading"
+                    )
+                chunks.append(chunk)
+        finally:
+            await login.aclose()
+        # httpx reads every superseded answer of an auth flow again (`aread`), which returns
+        # `_content` when it is set: set it, as `aread` would have, to the capped body.
+        login._content = b"".join(chunks)
+        return login
 
     def _counted_token_request(self) -> httpx.Request:
         self.token_requests += 1

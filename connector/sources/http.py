@@ -1,4 +1,4 @@
-"""One HTTP client per source: auth, concurrency bound, rate limit, retries, JSON decoding.
+"""One HTTP client per source: auth, adaptive concurrency bound, rate limit, retries, JSON decoding.
 
 Every request of an adapter goes through `SourceClient.request` (or `stream_item_batches` for
 one answer parsed as it streams in). Each answer passes one classification hook, by default
@@ -14,8 +14,6 @@ and refused past `http.max_response_bytes` as it arrives, so no body or bomb is 
 from __future__ import annotations
 
 import asyncio
-import os
-import ssl
 import time
 import zlib
 from collections import deque
@@ -23,7 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any, Protocol
 
 import httpx
@@ -40,102 +38,32 @@ from connector.errors import (
 from connector.issues import Reason
 from connector.settings import HttpSettings
 from connector.sources.bodies import decode_json, describe_json_error
+from connector.sources.limiter import AdaptiveConcurrency
 from connector.sources.retry import RETRIED, RetryPolicy
+
+# Re-exported (`as`): callers and tests import the TLS names from here, where they lived first.
+from connector.sources.tls import (
+    CertificateRejected as CertificateRejected,
+)
+from connector.sources.tls import (
+    certificate_error as certificate_error,
+)
+from connector.sources.tls import (
+    describe_certificate_error as describe_certificate_error,
+)
+from connector.sources.tls import (
+    verified_tls_context as verified_tls_context,
+)
 
 log = structlog.get_logger("connector.sources.http")
 
 RETRIABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Answers that say "fewer at once, please": the adaptive concurrency bound shrinks on them (and
+# on timeouts). A 500 or 502 says something is broken rather than busy.
+OVERLOAD_STATUS = frozenset({429, 503, 504})
 # The vendor counts a request when it arrives, a little after we start it: a window this much
 # longer than the vendor's keeps arrival jitter from ever putting one request over the limit.
 RATE_WINDOW_MARGIN_S = 1.0
-
-
-def verified_tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
-    """The certificate-verifying TLS context of a source: the default trust store (certifi's
-    Mozilla roots, or `SSL_CERT_FILE` / `SSL_CERT_DIR`) plus the CAs of `ca_bundle`, if any.
-
-    One per process and CA file: building one costs ~100 ms of CPU, which every client (each
-    run, each backfill window) would otherwise pay again. The file's modification time is part
-    of the key, so a renewed CA file is read by the next run, without a restart."""
-    if ca_bundle is None:
-        return _tls_context(None, None)
-    path = os.path.abspath(ca_bundle)
-    try:
-        stat = os.stat(path)
-    except OSError as exc:
-        raise SourceError(f"cannot read http.ca_bundle {path}: {exc.strerror}") from None
-    return _tls_context(path, (stat.st_mtime_ns, stat.st_size))
-
-
-@lru_cache(maxsize=32)
-def _tls_context(ca_bundle: str | None, _version: tuple[int, int] | None) -> ssl.SSLContext:
-    context = httpx.create_ssl_context(verify=True)
-    if ca_bundle is not None:
-        try:
-            context.load_verify_locations(cafile=ca_bundle)
-        except (OSError, ssl.SSLError) as exc:
-            # Checked when the config loaded: the file changed since.
-            raise SourceError(f"cannot load http.ca_bundle {ca_bundle}: {exc}") from None
-    return context
-
-
-class CertificateRejected(SourceError):
-    """The vendor's TLS certificate failed verification. Fatal at once rather than retried: no
-    retry changes a certificate, and the message names the setting or the fix."""
-
-
-def certificate_error(error: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate verification failure behind a transport error, if that is its cause
-    (httpx and aiohttp both keep the `ssl` error in the exception chain). The deepest one:
-    aiohttp's wrapper is an `ssl.CertificateError` too, without OpenSSL's verify code."""
-    found = None
-    cause: BaseException | None = error
-    for _ in range(8):  # a chain is a few links long; a cycle must not hang us
-        if cause is None:
-            break
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            found = cause
-        cause = cause.__cause__ or cause.__context__
-    return found
-
-
-# OpenSSL's verify results (X509_V_ERR_*) that mean "signed by a CA we do not trust".
-_UNTRUSTED_ISSUER = frozenset({2, 18, 19, 20, 21, 27})
-_HOST_MISMATCH = frozenset({62, 64})
-_EXPIRED, _NOT_YET_VALID = 10, 9
-
-
-def describe_certificate_error(
-    error: ssl.SSLCertVerificationError, host: str, ca_bundle: str | None
-) -> str:
-    """Why the certificate of `host` was rejected, and what to change."""
-    reason = (getattr(error, "verify_message", None) or str(error)).rstrip(".")
-    said = f"the TLS certificate of {host} was rejected ({reason})"
-    code = getattr(error, "verify_code", None)
-    if code in _HOST_MISMATCH:
-        return (
-            f"{said}: it is not issued for {host} - base_url must use a host name the "
-            "certificate names (ask the vendor which), or the vendor must reissue it"
-        )
-    if code == _EXPIRED:
-        return (
-            f"{said}: it has expired (or this machine's clock is wrong) - the vendor must renew it"
-        )
-    if code == _NOT_YET_VALID:
-        return f"{said}: it is not valid yet - check this machine's clock"
-    if code in _UNTRUSTED_ISSUER:
-        if ca_bundle is None:
-            return (
-                f"{said}: it is not signed by a trusted CA - if the vendor uses a private CA or "
-                "a self-signed certificate, set the source's http.ca_bundle to that CA's "
-                "certificate (PEM file)"
-            )
-        return (
-            f"{said}: it is signed neither by a public CA nor by a CA in http.ca_bundle "
-            f"({ca_bundle}) - check that the file holds the CA (and any intermediate) that "
-            "issued the vendor's certificate"
-        )
-    return said
 
 
 class VendorHttpError(SourceError):
@@ -165,6 +93,12 @@ class ResponseTooLarge(ContractError):
 
 class RequestDeadlineExceeded(RetriableError):
     """No whole answer within `http.timeout` (a slow drip): retried like a read timeout."""
+
+
+OVERLOAD_ERRORS: tuple[type[BaseException], ...] = (
+    httpx.TimeoutException,
+    RequestDeadlineExceeded,
+)
 
 
 class SlidingWindowLimiter:
@@ -213,6 +147,7 @@ class RequestStats:
     retries: int = 0
     max_in_flight: int = 0
     in_flight: int = 0
+    max_concurrency_limit: int = 0  # the highest the adaptive bound went
     body_bytes: int = 0  # answer bytes read, decompressed (what memory had to take in)
 
 
@@ -281,7 +216,13 @@ class SourceClient:
         self._describe_error = describe_error
         # Every answer passes this hook; an adapter installs its own `validate_response`.
         self.validate_response: ResponseValidator = self.default_validate_response
-        self._semaphore = asyncio.Semaphore(settings.concurrency)
+        # `http.concurrency` is the ceiling; the adaptive bound finds the vendor's own below it.
+        self.concurrency = AdaptiveConcurrency(
+            settings.concurrency,
+            initial=settings.initial_concurrency,
+            minimum=settings.min_concurrency,
+            adaptive=settings.adaptive_concurrency,
+        )
         self._limiter = (
             SlidingWindowLimiter(settings.requests_per_minute, 60.0 + RATE_WINDOW_MARGIN_S)
             if settings.requests_per_minute
@@ -341,7 +282,7 @@ class SourceClient:
             return await self._send_once(method, url, **kwargs)
         except RETRIED as exc:
             failure = exc
-        again = partial(self._send_once, method, url, **kwargs)
+        again = partial(self._send_once, method, url, _retry=True, **kwargs)
         return await self._retry_policy.after_failure(failure, again, f"{method} {_path(url)}")
 
     async def stream_item_batches(
@@ -391,9 +332,13 @@ class SourceClient:
         its body is read, any other after."""
         url = self.resolve(url)
         try:
-            async with self._slot(), self._client.stream(method, url, **kwargs) as response:
+            async with (
+                self._slot() as answer,
+                self._client.stream(method, url, **kwargs) as response,
+            ):
+                answer.status = response.status_code
                 if not 200 <= response.status_code < 300:
-                    await self._read_body(response)
+                    await self.read_body(response)
                 self.validate_response(response)
                 yield response
         except httpx.TransportError as exc:
@@ -401,20 +346,41 @@ class SourceClient:
             raise
 
     @asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        """One request's place under the concurrency bound and the rate limit, counted."""
-        async with self._semaphore:
+    async def _slot(self, timed: bool = False, retry: bool = False) -> AsyncIterator[_Answer]:
+        """One request's place under the concurrency bound and the rate limit, counted. The
+        caller notes the answer's status; the bound learns from it, and from the round trip
+        when `timed` (a streamed answer's length says nothing about the vendor's load)."""
+        bound, stats = self.concurrency, self.stats
+        # A retry goes ahead of fresh requests: with the bound cut low by a failing vendor, it
+        # would otherwise wait behind every queued first attempt, and the run with it.
+        await bound.acquire(first=retry)
+        answer = _Answer()
+        try:
             # Stamped inside the concurrency bound, i.e. when the request really leaves: a
-            # burst queued behind the semaphore must not count as sent before it is.
+            # burst queued behind the bound must not count as sent before it is.
             if self._limiter is not None:
                 await self._limiter.acquire()
-            self.stats.requests += 1
-            self.stats.in_flight += 1
-            self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
-            try:
-                yield
-            finally:
-                self.stats.in_flight -= 1
+            stats.requests += 1
+            stats.in_flight += 1
+            stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+            stats.max_concurrency_limit = max(stats.max_concurrency_limit, bound.limit)
+            started = time.monotonic()
+        except BaseException:
+            bound.release(None)
+            raise
+        try:
+            yield answer
+        except OVERLOAD_ERRORS:
+            bound.release(None, overloaded=True)
+            raise
+        except BaseException:
+            bound.release(None, overloaded=answer.status in OVERLOAD_STATUS)
+            raise
+        else:
+            rtt = time.monotonic() - started if timed else None
+            bound.release(rtt, overloaded=answer.status in OVERLOAD_STATUS)
+        finally:
+            stats.in_flight -= 1
 
     def resolve(self, url: str) -> str:
         """A vendor link as a URL we may call: root-relative links ("/v1/...") are resolved
@@ -428,15 +394,18 @@ class SourceClient:
                 raise ContractError(f"refusing to follow a link to another host: {target.host}")
         return url
 
-    async def _send_once(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def _send_once(
+        self, method: str, url: str, _retry: bool = False, **kwargs: Any
+    ) -> httpx.Response:
         url = self.resolve(url)
         try:
             async with (
-                self._slot(),
+                self._slot(timed=True, retry=_retry) as answer,
                 self.deadline(),
                 self._client.stream(method, url, **kwargs) as response,
             ):
-                body = await self._read_body(response)
+                answer.status = response.status_code
+                body = await self.read_body(response)
         except httpx.TransportError as exc:
             self._raise_if_certificate_rejected(exc)
             raise
@@ -462,7 +431,7 @@ class SourceClient:
             said = f"no whole answer within http.timeout ({seconds:g}s)"
             raise RequestDeadlineExceeded(said) from None
 
-    async def _read_body(self, response: httpx.Response) -> bytes:
+    async def read_body(self, response: httpx.Response) -> bytes:
         """The whole body of a streamed `response`, decompressed, kept as its `content`;
         `ResponseTooLarge` as soon as it passes `http.max_response_bytes`."""
         limit = self.settings.max_response_bytes
@@ -572,6 +541,15 @@ class SourceClient:
             error=describe_failure(error),
             wait_s=round(wait, 3),
         )
+
+
+class _Answer:
+    """What a request's slot learns of its answer: the status (0 until the headers came)."""
+
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status = 0
 
 
 class _StreamedAnswer:

@@ -33,9 +33,9 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from connector.errors import StoreError
+from connector.errors import StoreError, StoreUnreachable
 from connector.store.schema import metadata
 
 # SQLite allows 32766 bound parameters; keep IN lists far below that.
@@ -105,8 +105,18 @@ def describe_store_failure(exc: SQLAlchemyError) -> str:
     return f"store write failed, nothing of this batch was kept: {detail}{hint}"
 
 
+def store_failure(exc: SQLAlchemyError, *, connecting: bool = False) -> StoreError:
+    """The `StoreError` of a failed database call: `StoreUnreachable` when the server could
+    not be reached (a refused or dropped connection), which the daemon retries on a schedule."""
+    unreachable = (isinstance(exc, DBAPIError) and exc.connection_invalidated) or (
+        connecting and isinstance(exc, OperationalError)
+    )
+    kind = StoreUnreachable if unreachable else StoreError
+    return kind(describe_store_failure(exc))
+
+
 # The newest migration in migrations/versions (a test holds the two equal).
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0006"
 _ALEMBIC_VERSION = Table(
     "alembic_version",
     MetaData(),
@@ -169,6 +179,10 @@ class Database:
         # rather than contending for SQLite's single write lock.
         self._write_lock = threading.Lock()
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        # Source → epoch of the source lock this process holds (`connector.store.locks`):
+        # a sync run started while it is held carries the epoch as its fencing token.
+        self._held_epochs: dict[str, int] = {}
+        self._held_guard = threading.Lock()
         if migrate:
             self.migrate()
 
@@ -178,6 +192,21 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def hold_epoch(self, source: str, epoch: int) -> None:
+        """Runs of `source` started from now on carry `epoch` (this process took its lock)."""
+        with self._held_guard:
+            self._held_epochs[source] = epoch
+
+    def drop_epoch(self, source: str, epoch: int) -> None:
+        """The lock of `epoch` is released or lost (a newer hold in this process is kept)."""
+        with self._held_guard:
+            if self._held_epochs.get(source) == epoch:
+                del self._held_epochs[source]
+
+    def held_epoch(self, source: str) -> int | None:
+        with self._held_guard:
+            return self._held_epochs.get(source)
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent).
@@ -215,25 +244,33 @@ class Database:
             try:
                 conn = self.engine.connect()
             except SQLAlchemyError as exc:
-                raise StoreError(describe_store_failure(exc)) from exc
+                raise store_failure(exc, connecting=True) from exc
             try:
                 try:
                     conn.execution_options(**{_WRITE_OPTION: True})
                     conn.begin()
                 except SQLAlchemyError as exc:
-                    raise StoreError(describe_store_failure(exc)) from exc
+                    raise store_failure(exc, connecting=True) from exc
                 try:
                     yield conn
                 except SQLAlchemyError as exc:
-                    conn.rollback()
-                    raise StoreError(describe_store_failure(exc)) from exc
+                    _rollback(conn)
+                    raise store_failure(exc) from exc
                 except BaseException:
-                    conn.rollback()
+                    _rollback(conn)
                     raise
                 try:
                     conn.commit()
                 except SQLAlchemyError as exc:
-                    conn.rollback()
-                    raise StoreError(describe_store_failure(exc)) from exc
+                    _rollback(conn)
+                    raise store_failure(exc) from exc
             finally:
                 conn.close()
+
+
+def _rollback(conn: Connection) -> None:
+    """Roll back after a failure; a connection the failure already broke has nothing to undo."""
+    try:
+        conn.rollback()
+    except SQLAlchemyError:
+        conn.invalidate()

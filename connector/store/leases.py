@@ -16,7 +16,7 @@ that stands for "now" differs (`LeaseClock`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -54,6 +54,8 @@ class Window:
     attempts: int
     error: str | None
     counts: dict[str, int] = field(default_factory=dict)
+    # Set by `claim` when it took the window over from a worker whose lease ran out.
+    previous_owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +205,8 @@ class BackfillWindows:
                     updated_at=clock.now(),
                 )
             )
-            return self._get(conn, window_id)
+            taken_from = previous.lease_owner if previous.status == RUNNING else None
+            return replace(self._get(conn, window_id), previous_owner=taken_from)
 
     def renew(self, window_id: int, owner: str, lease: timedelta) -> bool:
         """Extend a held lease; False when it was lost: expired (taken over or not) by the

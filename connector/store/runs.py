@@ -9,8 +9,10 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
-from connector.errors import StoreError
+from connector.errors import LockLost, StoreError
 from connector.store.database import Database, utcnow
+from connector.store.leases import LeaseClock
+from connector.store.locks import LOST_MESSAGE, fence_holds
 from connector.store.schema import sync_run, sync_state
 
 
@@ -37,6 +39,7 @@ class SyncState:
     cursor: datetime | None = None
     resume: dict[str, Any] | None = None
     last_run_id: int | None = None
+    carry: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +94,19 @@ def record_batch(
         upsert_state(conn, source, {"resume": resume, "last_run_id": run_id, "updated_at": now})
 
 
-def close_own_running_runs(store: Database, source: str, kind: str = "sync") -> int:
-    """This process's runs of `source` still marked running (cut off at shutdown) → interrupted.
+def close_own_running_runs(
+    store: Database,
+    source: str,
+    kind: str = "sync",
+    *,
+    status: str = "interrupted",
+    error: str = "cut off at shutdown; the next run resumes",
+) -> int:
+    """This process's runs of `source` still marked running (cut off at shutdown, at the run
+    bound, or after a lost lock) → `status` with `error`.
 
-    Scoped to our owner and kind: another replica's or a backfill's live run is left alone.
+    Scoped to our owner and kind: another replica's or a backfill's live run is left alone,
+    and so is a run another replica already closed when it took the source over.
     """
     with store.transaction() as conn:
         return int(
@@ -106,11 +118,7 @@ def close_own_running_runs(store: Database, source: str, kind: str = "sync") -> 
                     sync_run.c.owner == store.owner,
                     sync_run.c.status == "running",
                 )
-                .values(
-                    status="interrupted",
-                    finished_at=utcnow(),
-                    error="cut off at shutdown; the next run resumes",
-                )
+                .values(status=status, finished_at=utcnow(), error=error)
             ).rowcount
         )
 
@@ -123,14 +131,16 @@ class RunBookkeeping(Database):
             row = conn.execute(select(sync_state).where(sync_state.c.source == source)).first()
         if row is None:
             return SyncState(source)
-        return SyncState(source, row.cursor, row.resume, row.last_run_id)
+        return SyncState(source, row.cursor, row.resume, row.last_run_id, row.carry)
 
     def all_states(self) -> list[SyncState]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(sync_state).order_by(sync_state.c.source)).all()
-        return [SyncState(r.source, r.cursor, r.resume, r.last_run_id) for r in rows]
+        return [SyncState(r.source, r.cursor, r.resume, r.last_run_id, r.carry) for r in rows]
 
     def start_run(self, source: str, kind: str, cursor_before: datetime | None) -> int:
+        """Record a new run as running. A sync run started while this process holds the
+        source's lock carries the lock's epoch: its writes are fenced by it."""
         values = {
             "source": source,
             "kind": kind,
@@ -140,6 +150,7 @@ class RunBookkeeping(Database):
             "cursor_before": cursor_before,
             **{name: 0 for name in BatchCounts.__slots__},
             "batches": 0,
+            "lock_epoch": self.held_epoch(source) if kind in ("sync", "webhook") else None,
         }
         with self.transaction() as conn:
             result = conn.execute(insert(sync_run).values(values))
@@ -158,9 +169,26 @@ class RunBookkeeping(Database):
         cursor_after: datetime | None = None,
         clear_resume: bool = False,
         track_state: bool = True,
+        carry: dict[str, Any] | None = None,
     ) -> None:
+        """End a run. A fenced run whose lock is lost moves no cursor and no resume point: an
+        "ok" raises `LockLost`; any other end is recorded as "interrupted" unless the new
+        holder already closed the run."""
         now = utcnow()
         with self.transaction() as conn:
+            if fence_holds(conn, run_id, LeaseClock(self)) is False:
+                if status == "ok":
+                    raise LockLost(LOST_MESSAGE.replace("this batch", "the run's end"))
+                conn.execute(
+                    update(sync_run)
+                    .where(sync_run.c.id == run_id, sync_run.c.status == "running")
+                    .values(
+                        status="interrupted",
+                        finished_at=now,
+                        error=f"source lock lost: {error}" if error else "source lock lost",
+                    )
+                )
+                return
             conn.execute(
                 update(sync_run)
                 .where(sync_run.c.id == run_id)
@@ -173,6 +201,8 @@ class RunBookkeeping(Database):
                 values["cursor"] = cursor_after
             if clear_resume:
                 values["resume"] = None
+            if carry is not None:
+                values["carry"] = carry
             upsert_state(conn, source, values)
 
     def runs(self, source: str | None = None, *, limit: int | None = None) -> list[RunRecord]:

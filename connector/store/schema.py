@@ -6,7 +6,7 @@ aliases (`invoice = InvoiceRow.__table__`, ...) are the same tables for Core sta
 the write paths use (bulk inserts and upserts: no ORM session, no identity map). The models
 live in their own MetaData (`metadata`), so Alembic and the tests see these tables and nothing
 else registered with SQLModel. Every name, type, index and constraint here is exactly what
-migrations 0001-0003 create; `tests/test_store_schema.py` holds the two to each other.
+migrations 0001-0006 create; `tests/test_store_schema.py` holds the two to each other.
 
 Money is exact: NUMERIC on PostgreSQL, decimal text on SQLite (whose NUMERIC is a float).
 Timestamps are timezone-aware UTC on the way in and out, whatever the backend keeps.
@@ -189,6 +189,8 @@ class SyncStateRow(StoreTable, table=True):
     resume: dict[str, Any] | None = Field(default=None, sa_type=JSON, nullable=True)
     last_run_id: int | None = _run_id()
     updated_at: datetime = _utc(nullable=False)
+    # What the adapter hands its next run (`SourcePage.carry`), set when a run finishes ok.
+    carry: dict[str, Any] | None = Field(default=None, sa_type=JSON, nullable=True)
 
 
 class SyncRunRow(StoreTable, table=True):
@@ -212,6 +214,9 @@ class SyncRunRow(StoreTable, table=True):
     batches: int = Field(default=0, nullable=False)
     cursor_before: datetime | None = _utc(nullable=True)
     cursor_after: datetime | None = _utc(nullable=True)
+    # The epoch of the source lock the run was started under (a fencing token, migration
+    # 0004): every batch and checkpoint of the run commits only while it is still current.
+    lock_epoch: int | None = Field(default=None, sa_type=BigInteger, nullable=True)
 
 
 class PolicyRow(StoreTable, table=True):
@@ -272,8 +277,11 @@ class BackfillWindowRow(StoreTable, table=True):
 
 
 class SourceLockRow(StoreTable, table=True):
-    """One daemon replica syncs a source at a time. PostgreSQL uses session advisory locks;
-    this lease row is the portable fallback (SQLite), renewed while the run lasts."""
+    """One daemon replica syncs a source at a time. On SQLite this row is the lock (a lease,
+    renewed while the run lasts); on PostgreSQL a session advisory lock is, and the row keeps
+    the holder, its epoch and its backend pid (`expires_at` is then the acquisition time).
+    `epoch` grows by one with each new holder and is never reset: the fencing token that
+    `connector.store.locks.fence_holds` checks in every batch transaction."""
 
     __tablename__ = "source_lock"
 
@@ -281,6 +289,41 @@ class SourceLockRow(StoreTable, table=True):
     owner: str = _text(200, nullable=False)
     acquired_at: datetime = _utc(nullable=False)
     expires_at: datetime = _utc(nullable=False)
+    epoch: int = Field(
+        default=0, sa_type=BigInteger, nullable=False, sa_column_kwargs={"server_default": "0"}
+    )
+    # PostgreSQL: the backend holding the advisory lock (NULL once released); SQLite: NULL.
+    backend_pid: int | None = Field(default=None, nullable=True)
+
+
+class WebhookEventRow(StoreTable, table=True):
+    """A signed vendor webhook, stored before it is answered (migration 0005): a trigger to
+    fetch the invoice it names through the adapter, never trusted content (no payload is kept).
+    The unique `(source, webhook_id)` is what turns a replayed delivery into a duplicate."""
+
+    __tablename__ = "webhook_event"
+    __table_args__ = (
+        UniqueConstraint("source", "webhook_id", name="uq_webhook_event"),
+        Index("ix_webhook_event_due", "status", "next_attempt_at"),
+    )
+
+    id: int | None = _serial()
+    source: str = _text(100, nullable=False)
+    webhook_id: str = _text(200, nullable=False)
+    event: str = _text(40, nullable=False)
+    invoice_id: str = _text(200, nullable=False)
+    # The vendor's own timestamp (with its offset), kept as UTC.
+    event_at: datetime = _utc(nullable=False)
+    received_at: datetime = _utc(nullable=False)
+    # pending → done, or failed after its last attempt (polling still brings the invoice).
+    status: str = _text(10, nullable=False)
+    attempts: int = Field(nullable=False)
+    next_attempt_at: datetime = _utc(nullable=False)
+    processed_at: datetime | None = _utc(nullable=True)
+    # What processing did: inserted, updated, unchanged, quarantined, not_found.
+    outcome: str | None = _text(20, nullable=True)
+    run_id: int | None = _run_id()
+    error: str | None = Field(default=None, sa_type=Text, nullable=True)
 
 
 def _table_of(model: type[StoreTable]) -> Table:
@@ -299,3 +342,4 @@ policy = _table_of(PolicyRow)
 patient_link = _table_of(PatientLinkRow)
 backfill_window = _table_of(BackfillWindowRow)
 source_lock = _table_of(SourceLockRow)
+webhook_event = _table_of(WebhookEventRow)

@@ -17,6 +17,8 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 
 from connector.store.bulk import Accepted, BulkPath, CoreBulk, Rejected, invoice_values
 from connector.store.database import Database, chunks, utcnow
+from connector.store.leases import LeaseClock
+from connector.store.locks import require_fence
 from connector.store.runs import BatchCounts, record_batch
 from connector.store.schema import invoice, invoice_item, quarantine
 from connector.store.sqlite_bulk import SqliteBulk
@@ -94,10 +96,14 @@ class BatchWrites(Database):
         resume: dict[str, Any] | None,
         track_state: bool = True,
     ) -> BatchCounts:
-        """Upsert one batch, quarantine its rejects and move the checkpoint: all or nothing."""
+        """Upsert one batch, quarantine its rejects and move the checkpoint: all or nothing.
+
+        A run started under a source lock writes only while its lock epoch is current: the
+        fence is checked first, in this transaction, else `LockLost` and nothing is kept."""
         counts = BatchCounts(fetched=fetched)
         now = utcnow()
         with self.transaction() as conn:
+            require_fence(conn, run_id, LeaseClock(self))
             _upsert_invoices(conn, run_id, source, accepted, counts, now)
             _quarantine(conn, run_id, source, rejected, counts, now)
             record_batch(

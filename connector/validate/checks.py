@@ -31,6 +31,8 @@ class Checks:
     registry_links: int
     registry_checked: bool
     notes: list[str] = field(default_factory=list)
+    # The registry's rules, for the report's policy-resolution decisions (candidate standings).
+    policy_checker: PolicyChecker | None = None
 
 
 def build_checks(config: AppConfig, source: SourceConfig, store: Store | None) -> Checks:
@@ -77,6 +79,7 @@ def build_checks(config: AppConfig, source: SourceConfig, store: Store | None) -
         len(snapshot.links),
         checked,
         notes,
+        checker,
     )
 
 

@@ -17,6 +17,7 @@ from connector.issues import Issue, Reason
 from connector.model import Invoice
 from connector.pipeline.engine import RecordProcessor
 from connector.validate.checks import Checks
+from connector.validate.decisions import DescriptionFilter, category_decisions, policy_resolution
 from connector.validate.fields import FIELDS, FieldSources, canonical_field
 from connector.validate.sample import RecordResult, Sample
 
@@ -184,7 +185,6 @@ def mapping_section(
     mapped: dict[str, str | None] = {}
     by_rule: Counter[str] = Counter()
     by_category: Counter[str] = Counter()
-    unmapped: Counter[str] = Counter()
     vocabulary: Counter[str] = Counter()
     word_rules: dict[str, Counter[str]] = defaultdict(Counter)
     policies = Counter({"matched": 0, "unknown": 0, "inactive": 0, "bad_format": 0, "missing": 0})
@@ -198,8 +198,6 @@ def mapping_section(
         for item in invoice.items:
             by_rule[item.category_rule or "(unmapped)"] += 1
             by_category[item.category.value if item.category else "(unmapped)"] += 1
-            if item.category is None:
-                unmapped[item.description or "(no description)"] += 1
             if item.source_category:
                 vocabulary[item.source_category] += 1
                 word_rules[item.source_category][_placed_by(item.category_rule)] += 1
@@ -219,15 +217,15 @@ def mapping_section(
         {"word": w, "count": n, "maps_to": mapped.get(w)} for w, n in words.most_common()
     ]
     known = sorted(processor.context.status_map)
+    decided = category_decisions(sample.records, DescriptionFilter.of(sample.records))
     section = {
         "statuses": status_rows,
         "status_map_words": known,
         "categories": {
             "by_rule": [{"rule": r, "count": n} for r, n in by_rule.most_common()],
             "by_category": [{"category": c, "count": n} for c, n in by_category.most_common()],
-            "unmapped_descriptions": [
-                {"description": d, "count": n} for d, n in unmapped.most_common(10)
-            ],
+            "by_kind": decided["by_kind"],
+            "unmapped_descriptions": decided["unmapped"],
             "unrecognised_words": unrecognised,
         },
         "policies": {
@@ -235,6 +233,7 @@ def mapping_section(
             "registry_policies": checks.registry_policies,
             "registry_links": checks.registry_links,
             **dict(policies),
+            "resolution": policy_resolution(sample.records, checks.policy_checker),
         },
     }
     return section, warnings

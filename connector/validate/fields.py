@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from connector.issues import Issue
 from connector.mapping.kit import CANONICAL_FIELDS, SourceMapping, record_path
@@ -38,6 +39,18 @@ def _parent(path: str) -> str | None:
     return head if dot else None
 
 
+def declared_field_sources(
+    mapping: SourceMapping, options: Mapping[str, Any] | None = None
+) -> Mapping[str, tuple[str, ...]]:
+    """A mapping's `field_sources`, or, for a mapping configured per source (the `rest`
+    type's `fields:`), the real vendor paths of one source's options (`field_sources_for`)."""
+    per_source = getattr(mapping, "field_sources_for", None)
+    if options is not None and callable(per_source):
+        found: Mapping[str, tuple[str, ...]] = per_source(options)
+        return found
+    return mapping.field_sources
+
+
 @dataclass(frozen=True)
 class FieldSources:
     """A mapping's `field_sources` with its reverse index (vendor path → canonical field)."""
@@ -47,8 +60,9 @@ class FieldSources:
     by_vendor_path: Mapping[str, str]
 
     @classmethod
-    def of(cls, mapping: SourceMapping) -> FieldSources:
-        declared = {name: tuple(paths) for name, paths in mapping.field_sources.items()}
+    def of(cls, mapping: SourceMapping, options: Mapping[str, Any] | None = None) -> FieldSources:
+        found = declared_field_sources(mapping, options)
+        declared = {name: tuple(paths) for name, paths in found.items()}
         index: dict[str, str] = {}
         # A vendor path feeding two fields (CitaBox's id is also the number of a draft) is
         # attributed to the field that normally reads it: first positions first.

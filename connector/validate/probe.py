@@ -23,8 +23,16 @@ import orjson
 
 from connector.errors import AuthError, ConnectorError, ContractError, RetriesExhausted, SourceError
 from connector.logging import scrub_text
+from connector.settings import HttpSettings
 from connector.sources.auth import BearerKey, TokenAuth
-from connector.sources.http import VendorHttpError, describe_certificate_error, verified_tls_context
+from connector.sources.http import (
+    RequestDeadlineExceeded,
+    ResponseTooLarge,
+    SourceClient,
+    VendorHttpError,
+    describe_certificate_error,
+    verified_tls_context,
+)
 from connector.validate.recording import BorrowedTransport, Exchange, ListInspector
 from connector.validate.sample import Sample
 
@@ -36,9 +44,18 @@ class Step:
     name: str
     status: str = "skip"  # pass | fail | warn | skip
     detail: str = ""
+    # Failed on an answer that came but was broken (malformed JSON): the vendor is reachable,
+    # its API is not ready. Not part of the report's step shape.
+    answered: bool = False
 
     def as_dict(self) -> dict[str, str]:
         return {"name": self.name, "status": self.status, "detail": self.detail}
+
+
+def only_broken_answers(steps: list[Step]) -> bool:
+    """Some step failed, and every failure is an answer that came but was broken."""
+    failed = [s for s in steps if s.status == "fail"]
+    return bool(failed) and all(s.answered for s in failed)
 
 
 def _host_port(base_url: str) -> tuple[str, int, bool]:
@@ -162,6 +179,8 @@ def connection_steps(
         failed = next(
             (e for e in reversed(exchanges) if e.status and "json" not in e.content_type), failed
         )
+        # A JSON answer that does not parse (cut off): the culprit is the last one answered.
+        failed = failed or next((e for e in reversed(exchanges) if e.status), None)
     said = scrub_text(str(error)) if error is not None else ""
 
     # -- authenticate
@@ -204,6 +223,7 @@ def connection_steps(
     if list_error and not failed_on_detail:
         list_step.status = "fail"
         list_step.detail = "; ".join([*findings, _diagnose(error, failed, "list", said)])
+        list_step.answered = _malformed_json(error, failed)
     elif isinstance(error, AuthError):
         list_step.detail = "not reached: authentication failed"
     elif lists:
@@ -223,6 +243,7 @@ def connection_steps(
     if list_error and failed_on_detail:
         detail_step.status = "fail"
         detail_step.detail = _diagnose(error, failed, "detail", said)
+        detail_step.answered = _malformed_json(error, failed)
     elif details:
         paths = sorted({_templated(e.path) for e in details})
         statuses = Counter(str(e.status) for e in details)
@@ -251,11 +272,25 @@ def _looks_like_id(segment: str) -> bool:
     return segment.isdigit() or (digits > 0 and len(segment) > 4)
 
 
+def _malformed_json(error: BaseException | None, failed: Exchange | None) -> bool:
+    """The answer was JSON by its content type or its first byte, and did not parse: broken
+    or cut off, not a web page."""
+    if not isinstance(error, ContractError) or "non-JSON" not in str(error):
+        return False
+    kind = failed.content_type if failed is not None else ""
+    return "json" in kind or "looks like JSON" in str(error)
+
+
 def _diagnose(error: BaseException | None, failed: Exchange | None, what: str, said: str) -> str:
     """An actionable sentence for a failed list or detail endpoint."""
     where = f"{failed.method} {failed.path}" if failed is not None else f"the {what} endpoint"
     if failed is not None and failed.status is None:
         return f"{where}: {failed.error or said} - is the service up and the port right?"
+    if _malformed_json(error, failed):
+        return (
+            f"{what} answered malformed JSON ({where}) - the API is reachable but its answer "
+            f"does not parse (cut off or broken); the vendor must fix the endpoint ({said})"
+        )
     if isinstance(error, VendorHttpError):
         if error.status == 404:
             return (
@@ -318,24 +353,50 @@ def page_findings(
     return notes
 
 
-async def check_refresh(auth: httpx.Auth | None, transport: httpx.AsyncBaseTransport) -> Step:
-    """A second, independent login: proves the credentials can renew the token."""
+async def check_refresh(
+    auth: httpx.Auth | None, transport: httpx.AsyncBaseTransport, http: HttpSettings
+) -> Step:
+    """A second, independent login: proves the credentials can renew the token. Its answer is
+    read like every other of the source: within `http.timeout` as a whole, and stopped past
+    `http.max_response_bytes` (decompressed), so a hostile login endpoint cannot hold the
+    dry run or its memory."""
     step = Step("refresh")
     if not isinstance(auth, TokenAuth):
         step.detail = "no token to refresh (static key)"
         return step
-    async with httpx.AsyncClient(transport=BorrowedTransport(transport), timeout=30.0) as client:
-        try:
-            response = await client.send(auth.build_token_request())
-            body = orjson.loads(response.content) if response.is_success else None
-            token = auth.read_token(body) if isinstance(body, dict) else None
-        except (httpx.HTTPError, orjson.JSONDecodeError, ConnectorError, KeyError, ValueError):
-            token = None
-            response = None
+    request = auth.build_token_request()
+    # The source's own client, used for its bounded read and deadline only (no auth: the
+    # request is the login itself).
+    reader = SourceClient(str(request.url), http, transport=BorrowedTransport(transport))
+    status: int | None = None
+    token = None
+    failure = ""
+    try:
+        async with (
+            reader,
+            httpx.AsyncClient(transport=BorrowedTransport(transport), timeout=30.0) as client,
+            reader.deadline(),
+        ):
+            response = await client.send(request, stream=True)
+            try:
+                status = response.status_code
+                body = await reader.read_body(response)
+            finally:
+                await response.aclose()
+            parsed = orjson.loads(body) if response.is_success else None
+            token = auth.read_token(parsed) if isinstance(parsed, dict) else None
+    except ResponseTooLarge as exc:
+        failure = str(exc)
+    except RequestDeadlineExceeded as exc:
+        failure = str(exc)
+    except (httpx.HTTPError, orjson.JSONDecodeError, ConnectorError, KeyError, ValueError):
+        token = None
     if token is None:
         step.status = "fail"
-        answered = f"answered {response.status_code}" if response is not None else "failed"
-        step.detail = f"a second login (token refresh) {answered}"
+        answered = f"answered {status}" if status is not None else "failed"
+        step.detail = f"a second login (token refresh) {answered}" + (
+            f": {failure}" if failure else ""
+        )
         return step
     step.status = "pass"
     lifetime = token.extra.get("expires_in")

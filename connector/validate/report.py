@@ -18,8 +18,14 @@ from connector.masking import mask_name, mask_policy
 from connector.settings import SourceConfig
 from connector.validate.checks import Checks
 from connector.validate.compliance import contract_section
+from connector.validate.decisions import (
+    DescriptionFilter,
+    masked_candidates,
+    safe_message,
+    used_origin,
+)
 from connector.validate.fields import FieldSources
-from connector.validate.probe import Step
+from connector.validate.probe import Step, only_broken_answers
 from connector.validate.sample import RecordResult, Sample, ValidateOptions
 
 SCHEMA = "connector.validation-report/1"
@@ -38,15 +44,18 @@ def assemble_report(
 ) -> dict[str, Any]:
     """The report of one source, scrubbed of its secrets; `mapping` is None when unreachable."""
     connected = all(s.status != "fail" for s in steps)
+    # A vendor that answers, but with broken JSON, is reachable and not ready (exit 1).
+    readable = connected or only_broken_answers(steps)
     records = sample.records
     blocked = sum(1 for r in records if r.blocking)
-    if not connected:
+    if not readable:
         verdict, code = "unreachable", EXIT_UNREACHABLE
-    elif blocked:
+    elif blocked or not connected:
         verdict, code = "not ready", EXIT_NOT_READY
     else:
         verdict, code = "ready", EXIT_READY
     total = len(records)
+    descriptions = DescriptionFilter.of(records)
     report: dict[str, Any] = {
         "schema": SCHEMA,
         "generated_at": (now or datetime.now(UTC)).isoformat(),
@@ -66,12 +75,19 @@ def assemble_report(
             "complete": sample.complete,
         },
         "connection": {"ok": connected, "steps": [s.as_dict() for s in steps]},
-        "contract": contract_section(sample, sources) if connected else None,
+        "contract": contract_section(sample, sources) if readable else None,
         "mapping": mapping or None,
-        "fixes": fixes_section(records),
-        "records": record_rows(records),
+        "fixes": fixes_section(records, descriptions),
+        "records": record_rows(records, descriptions, checks),
         "notes": _notes(options, sample, checks, sources, connected),
     }
+    if readable and not connected:
+        broken = ", ".join(s.name for s in steps if s.status == "fail")
+        report["notes"].insert(
+            0,
+            f"the vendor answered, but with malformed JSON ({broken} step): not ready until "
+            "its API sends whole, valid JSON; the records before the broken answer are checked",
+        )
     scrubbed: dict[str, Any] = scrub_report(report, source.secrets())
     return scrubbed
 
@@ -101,7 +117,9 @@ def _notes(
     return notes
 
 
-def fixes_section(records: list[RecordResult]) -> list[dict[str, Any]]:
+def fixes_section(
+    records: list[RecordResult], descriptions: DescriptionFilter
+) -> list[dict[str, Any]]:
     """Reasons ordered by how many records fixing them would unblock (a record blocked by
     several reasons counts for each)."""
     counts: Counter[str] = Counter()
@@ -113,8 +131,8 @@ def fixes_section(records: list[RecordResult]) -> list[dict[str, Any]]:
             if len(examples[code]) < 3:
                 examples[code].append(record.key)
         for issue in record.issues:
-            if issue.severity == "error":
-                messages.setdefault(issue.code.value, issue.message)
+            if issue.severity == "error" and issue.code.value not in messages:
+                messages[issue.code.value] = safe_message(issue, record.invoice, descriptions)
     rows = []
     for code, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         meaning, fix = REASON_HELP[Reason(code)]
@@ -131,12 +149,20 @@ def fixes_section(records: list[RecordResult]) -> list[dict[str, Any]]:
     return rows
 
 
-def record_rows(records: list[RecordResult]) -> list[dict[str, Any]]:
+def record_rows(
+    records: list[RecordResult], descriptions: DescriptionFilter, checks: Checks
+) -> list[dict[str, Any]]:
+    """The findings per record, patient data masked: the policy billed, where it came from and
+    the candidates it was chosen among; messages with unshowable descriptions withheld."""
     rows = []
     for record in records:
         if not record.issues:
             continue
         invoice = record.invoice
+        issues = [
+            {**issue.as_dict(), "message": safe_message(issue, invoice, descriptions)}
+            for issue in record.issues
+        ]
         rows.append(
             {
                 "id": record.key,
@@ -146,11 +172,15 @@ def record_rows(records: list[RecordResult]) -> list[dict[str, Any]]:
                     "policy_number": mask_policy(invoice.patient.policy_number)
                     if invoice
                     else None,
+                    "policy_source": used_origin(invoice) if invoice else None,
+                    "policy_candidates": masked_candidates(invoice, checks.policy_checker)
+                    if invoice
+                    else [],
                 },
                 "blocking": record.blocking,
                 "reasons": sorted(record.codes()),
                 "warnings": sorted(record.codes("warning")),
-                "issues": [i.as_dict() for i in record.issues],
+                "issues": issues,
             }
         )
     return rows

@@ -10,7 +10,12 @@ from typing import Any
 
 import httpx
 
-from connector.pipeline.engine import RecordProcessor, TransportFactory
+from connector.pipeline.engine import (
+    RecordProcessor,
+    TransportFactory,
+    mapping_options,
+    worded_for_scheme,
+)
 from connector.settings import AppConfig, SourceConfig
 from connector.sources.adapter import FetchRequest
 from connector.store import Store
@@ -21,6 +26,7 @@ from connector.validate.probe import (
     Step,
     check_refresh,
     connection_steps,
+    only_broken_answers,
     precheck,
     skipped_steps,
 )
@@ -61,11 +67,14 @@ async def validate_source(
     else:
         steps += skipped_steps(steps)
     mapping: dict[str, Any] | None = None
-    if all(s.status != "fail" for s in steps):
+    if all(s.status != "fail" for s in steps) or only_broken_answers(steps):
         mapping, extra_warnings = mapping_section(sample, processor, checks)
         for record in sample.records:
             record.issues.extend(extra_warnings.get(record.key, []))
-    sources = FieldSources.of(processor.mapping)
+    for step in steps:
+        # aiohttp names TLS settings even for plain-http URLs: say what was really tried.
+        step.detail = worded_for_scheme(step.detail, source.base_url)
+    sources = FieldSources.of(processor.mapping, mapping_options(source))
     return assemble_report(source, options, steps, sample, checks, sources, mapping, now)
 
 
@@ -85,6 +94,6 @@ async def read_sample(
     request = FetchRequest(since=since if since and adapter.filters_since() else None)
     async with adapter:
         sample, error = await fetch_sample(adapter, processor, request, options.sample, since)
-        refresh = await check_refresh(auth, recorder) if error is None else None
+        refresh = await check_refresh(auth, recorder, source.http) if error is None else None
     steps = connection_steps(error, recorder.exchanges, auth, list_path, refresh, sample, inspector)
     return sample, steps

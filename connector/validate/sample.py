@@ -16,7 +16,7 @@ import httpx
 from connector.errors import SourceError
 from connector.issues import Issue, Reason
 from connector.model import Invoice
-from connector.pipeline.engine import RecordProcessor, payload_key
+from connector.pipeline.engine import RecordProcessor, payload_key, report_rate_limit_waits
 from connector.settings import SourceConfig
 from connector.sources.adapter import Adapter, FetchRequest
 from connector.sources.discovery import source_type
@@ -74,7 +74,10 @@ def build_adapter(
         update={"max_retries": min(source.http.max_retries, MAX_VALIDATE_RETRIES)}
     )
     quick = source.model_copy(update={"http": settings})
-    return adapter_cls.create(quick, transport=transport), adapter_cls.build_auth(quick)
+    adapter = adapter_cls.create(quick, transport=transport)
+    # A rate-limit wait is announced as a sync announces it: validate may wait for minutes.
+    report_rate_limit_waits(adapter, source.name)
+    return adapter, adapter_cls.build_auth(quick)
 
 
 async def fetch_sample(

@@ -24,8 +24,9 @@ from adapters.citabox import (
 )
 from connector.errors import AuthError, ContractError, RetriesExhausted
 from connector.sandbox import SandboxOptions, SandboxServer
-from connector.sandbox.citabox import CLINICS, SANDBOX_EMAIL
+from connector.sandbox.citabox import CLINICS, SANDBOX_EMAIL, CitaBoxDialect
 from connector.sources.adapter import FetchRequest, SourcePage
+from mappings.citabox import MAPPING
 from tests.contract import FAST_RETRIES, AdapterContract, collect
 from tests.test_retry_policy import captured_debug_logs
 
@@ -104,10 +105,45 @@ def run_adapter(config: Config, request: FetchRequest | None = None) -> list[Sou
     return collect(Adapter.create(config), request)
 
 
-def test_first_membership_is_the_default_clinic(sandbox: SandboxServer) -> None:
-    pages = run_adapter(sandbox_config(sandbox))
+def test_the_sandbox_config_names_the_clinic_that_serves_invoices(
+    sandbox: SandboxServer,
+) -> None:
+    config = sandbox_config(sandbox)
+    assert config.clinic_id == CLINIC and not config.several_clinics
+    pages = run_adapter(config)
     assert sum(len(p.records) for p in pages) == 80
     assert {r["clinic_id"] for p in pages for r in p.records} == {CLINIC}
+    assert not any("_clinic" in r for p in pages for r in p.records), "one clinic: untagged"
+
+
+def test_no_clinic_id_with_several_memberships_is_an_error_naming_them(
+    sandbox: SandboxServer,
+) -> None:
+    """Never a silent first choice: the source stops at its login, before any invoice."""
+    before = sandbox.stats("citabox")["requests"]
+    with pytest.raises(AuthError) as caught:
+        run_adapter(sandbox_config(sandbox, clinic_id=None))
+    message = str(caught.value)
+    for clinic in CLINICS:
+        assert f"{clinic['clinic_id']} ({clinic['clinic_name']})" in message
+    assert "belongs to 2 clinics" in message and "nothing was synced" in message
+    assert "one of them, to a list of them, or to 'all'" in message
+    assert sandbox.dialect("citabox").token not in message
+    assert sandbox.stats("citabox")["requests"] - before == 1, "only the login was sent"
+
+
+def test_no_clinic_id_with_one_membership_reads_that_clinic() -> None:
+    pages = collect(scripted_adapter(scripted_vendor(array_body(3, []), [])))
+    assert [r["id"] for p in pages for r in p.records] == [f"inv-{i:05d}" for i in range(3)]
+
+
+def test_unknown_ids_in_a_list_are_named(sandbox: SandboxServer) -> None:
+    config = sandbox_config(sandbox, clinic_id=[CLINIC, "nope-1", "nope-2"])
+    with pytest.raises(AuthError) as caught:
+        run_adapter(config)
+    message = str(caught.value)
+    assert "clinic_id 'nope-1', 'nope-2': not among the clinics" in message
+    assert "Clínica San José Centro" in message and "Consultorio Escazú" in message
 
 
 def test_a_configured_clinic_is_sent_as_x_clinic_id(sandbox: SandboxServer) -> None:
@@ -451,3 +487,238 @@ def test_config_defaults() -> None:
 )
 def test_describe_nestjs_error(body: bytes, said: str | None) -> None:
     assert describe_nestjs_error(httpx.Response(400, content=body)) == said
+
+
+# -- clinic_id shapes ---------------------------------------------------------------------
+
+
+def config_with(clinic_id: Any) -> Config:
+    return Config.model_validate(
+        {
+            "name": "cb",
+            "base_url": "https://api.citabox.example",
+            "email": "a@b.cr",
+            "password": "p",
+            "clinic_id": clinic_id,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "read", "several"),
+    [
+        (None, None, False),
+        (" c-1 ", "c-1", False),
+        (42, "42", False),
+        ("all", "all", True),
+        ("ALL", "all", True),
+        (["c-1"], ["c-1"], True),
+        (["c-2", " c-1"], ["c-2", "c-1"], True),
+    ],
+)
+def test_clinic_id_shapes(given: Any, read: Any, several: bool) -> None:
+    config = config_with(given)
+    assert (config.clinic_id, config.several_clinics) == (read, several)
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("", "clinic_id is empty"),
+        ([], "clinic_id list is empty"),
+        (["c-1", "c-1"], "'c-1' is listed twice"),
+        (["c-1", "all"], "write 'all' alone"),
+        (["c-1", ""], "is not a clinic id"),
+        ([True], "is not a clinic id"),
+        ({"id": "c-1"}, "a list of clinic ids or 'all'"),
+    ],
+)
+def test_clinic_id_shapes_refused_at_load(given: Any, said: str) -> None:
+    with pytest.raises(ValueError, match=said):
+        config_with(given)
+
+
+# -- a clinic group against the sandbox ---------------------------------------------------
+
+GROUP_INVOICES = 90
+
+
+@pytest.fixture(scope="module")
+def group() -> Iterator[SandboxServer]:
+    options = SandboxOptions(
+        invoices=GROUP_INVOICES, seed=4, dialects=("citabox",), retry_after_s=0
+    )
+    with SandboxServer(options) as server:
+        dialect = server.dialect("citabox")
+        assert isinstance(dialect, CitaBoxDialect)
+        dialect.invoice_clinics = 3
+        yield server
+
+
+def group_roster(server: SandboxServer) -> list[str]:
+    dialect = server.dialect("citabox")
+    assert isinstance(dialect, CitaBoxDialect)
+    return [c["clinic_id"] for c in dialect.memberships]
+
+
+def test_all_reads_every_clinic_in_membership_order_each_record_tagged(
+    group: SandboxServer,
+) -> None:
+    config = sandbox_config(group, page_size=10)
+    assert config.clinic_id == "all" and config.several_clinics
+    adapter = Adapter.create(config)
+    assert isinstance(adapter, Adapter) and adapter.filters_since()
+    pages = collect(adapter)
+    records = [r for p in pages for r in p.records]
+    assert len(records) == GROUP_INVOICES
+    read_order = list(dict.fromkeys(r["_clinic"]["clinic_id"] for r in records))
+    roster = group_roster(group)
+    assert read_order == roster[:3], "the fourth clinic has no invoices"
+    assert all(r["_clinic"]["clinic_id"] == r["clinic_id"] for r in records)
+    dialect = group.dialect("citabox")
+    assert isinstance(dialect, CitaBoxDialect)
+    assert {MAPPING.record_id(r) for r in records} == {
+        dialect.stored_key(inv) for inv in group.dataset("citabox").invoices
+    }
+    # Every page but the last says where to go on; the last clinic's empty array ends it.
+    assert pages[-1].position is None and pages[-1].records == []
+    assert all(p.position is not None and "clinic" in p.position for p in pages[:-1])
+    auth = adapter.client._client.auth
+    assert isinstance(auth, CitaBoxLogin) and auth.token_requests == 1
+
+
+def test_a_list_reads_its_clinics_in_its_order(group: SandboxServer) -> None:
+    roster = group_roster(group)
+    pages = run_adapter(sandbox_config(group, clinic_id=[roster[2], roster[0]]))
+    order = list(dict.fromkeys(r["_clinic"]["clinic_id"] for p in pages for r in p.records))
+    assert order == [roster[2], roster[0]]
+
+
+def test_resuming_any_group_position_hands_on_exactly_the_rest(group: SandboxServer) -> None:
+    config = sandbox_config(group, page_size=7)
+    pages = run_adapter(config)
+    keys = [MAPPING.record_id(r) for p in pages for r in p.records]
+    clinics_seen = set()
+    for index, page in enumerate(pages[:-1]):
+        assert page.position is not None
+        clinics_seen.add(page.position["clinic"])
+        rest = run_adapter(config, FetchRequest(resume=page.position))
+        handed = [MAPPING.record_id(r) for p in pages[: index + 1] for r in p.records]
+        assert handed + [MAPPING.record_id(r) for p in rest for r in p.records] == keys
+    assert clinics_seen == set(group_roster(group)), "positions in and between every clinic"
+
+
+def test_a_resume_position_of_the_other_shape_starts_over(group: SandboxServer) -> None:
+    """The setting changed between a cut-off run and its resumption: nothing is skipped."""
+    grouped = run_adapter(sandbox_config(group), FetchRequest(resume={"skip": 20}))
+    assert sum(len(p.records) for p in grouped) == GROUP_INVOICES
+    roster = group_roster(group)
+    single = sandbox_config(group, clinic_id=roster[0])
+    resume = {"clinics_done": [], "clinic": roster[0], "skip": 5}
+    alone = run_adapter(single, FetchRequest(resume=resume))
+    assert len(run_adapter(single)) == len(alone) > 0
+    assert sum(len(p.records) for p in alone) == sum(len(p.records) for p in run_adapter(single))
+
+
+def test_a_clinic_no_longer_selected_is_dropped_on_resume(group: SandboxServer) -> None:
+    roster = group_roster(group)
+    config = sandbox_config(group, clinic_id=[roster[1], roster[2]])
+    resume = {"clinics_done": [roster[1]], "clinic": roster[0], "skip": 3}
+    pages = run_adapter(config, FetchRequest(resume=resume))
+    assert {r["_clinic"]["clinic_id"] for p in pages for r in p.records} == {roster[2]}
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        {"clinics_done": "c-1", "clinic": "c-2", "skip": 0},
+        {"clinics_done": [], "clinic": 7, "skip": 0},
+        {"clinics_done": [], "clinic": "c-2", "skip": -1},
+        {"clinics_done": [], "clinic": "c-2", "skip": True},
+    ],
+)
+def test_a_broken_group_position_is_refused(group: SandboxServer, position: Any) -> None:
+    with pytest.raises(ContractError, match="unusable resume position"):
+        run_adapter(sandbox_config(group), FetchRequest(resume=position))
+
+
+def test_a_group_login_refused_never_echoes_the_password() -> None:
+    """A group logs in by itself (to learn its clinics first): the same care as the flow's."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        said = f"wrong password {json.loads(request.content)['password']}"
+        return httpx.Response(401, json={"statusCode": 401, "message": said})
+
+    with pytest.raises(AuthError) as caught:
+        collect(scripted_adapter(httpx.MockTransport(handler), clinic_id="all"))
+    assert "401" in str(caught.value) and PASSWORD not in str(caught.value)
+
+
+LATEST_1 = "2025-03-03T15:00:00+00:00"  # scripted_record(2)'s updatedAt
+
+
+def test_a_group_sends_each_clinic_its_own_header_and_logs_in_once() -> None:
+    seen: list[httpx.Request] = []
+    memberships = [{"clinic_id": c, "clinic_name": c.upper()} for c in ("c-1", "c-2")]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/auth/login":
+            return httpx.Response(201, json={"access_token": "tok", "memberships": memberships})
+        clinic = request.headers["x-clinic-id"]
+        body = [{**scripted_record(i), "id": f"{clinic}-{i}", "clinic_id": clinic} for i in (1, 2)]
+        return httpx.Response(200, content=orjson.dumps(body))
+
+    pages = collect(scripted_adapter(httpx.MockTransport(handler), clinic_id="all"))
+    assert [MAPPING.record_id(r) for p in pages for r in p.records] == [
+        "c-1:c-1-1",
+        "c-1:c-1-2",
+        "c-2:c-2-1",
+        "c-2:c-2-2",
+    ]
+    assert [(r.url.path, r.headers.get("x-clinic-id")) for r in seen] == [
+        ("/auth/login", None),
+        ("/billing/invoices", "c-1"),
+        ("/billing/invoices", "c-2"),
+    ]
+    assert "Authorization" not in seen[0].headers
+    # One page per clinic: the first says the next run goes on with the second.
+    assert [p.position for p in pages] == [
+        {"clinics_done": ["c-1"], "clinic": "c-2", "skip": 0, "latest": {"c-1": LATEST_1}},
+        None,
+    ]
+
+
+def test_a_group_filters_each_clinic_on_its_own_carried_cursor() -> None:
+    memberships = [{"clinic_id": c, "clinic_name": c.upper()} for c in ("c-1", "c-2", "c-3")]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/auth/login":
+            return httpx.Response(201, json={"access_token": "tok", "memberships": memberships})
+        clinic = request.headers["x-clinic-id"]
+        body = [{**scripted_record(i), "id": f"{clinic}-{i}"} for i in range(1, 11)]
+        return httpx.Response(200, content=orjson.dumps(body))
+
+    carried = {
+        "clinic_cursors": {
+            "c-1": "2025-03-09T15:00:00+00:00",
+            "c-2": "2025-03-04T15:00:00+00:00",
+        }
+    }
+    # Any `since` makes the run incremental; each clinic then uses its own cursor (minus
+    # the lookback, 0 here), and c-3, new to the group, is read whole.
+    request = FetchRequest(since=datetime(2030, 1, 1, tzinfo=UTC), carried=carried)
+    adapter = scripted_adapter(httpx.MockTransport(handler), clinic_id="all", lookback="0s")
+    pages = collect(adapter, request)
+    ids = [r["id"] for p in pages for r in p.records]
+    assert ids == [
+        "c-1-8",
+        "c-1-9",
+        "c-1-10",
+        *(f"c-2-{i}" for i in range(3, 11)),
+        *(f"c-3-{i}" for i in range(1, 11)),
+    ]
+    assert pages[-1].carry == {
+        "clinic_cursors": {c: "2025-03-11T15:00:00+00:00" for c in ("c-1", "c-2", "c-3")}
+    }
+    assert all(p.carry is None for p in pages[:-1])

@@ -231,9 +231,13 @@ def test_config_defaults_and_refusals() -> None:
     assert config.http.requests_per_minute == 60
     assert config.include_archived is False
     assert config.fetch_patients is True
-    assert config.mapping_options == {
-        "policy_reference_prefixes": ["Medicare", "Policy", "Insurance"]
-    }
+    # Medicare/DVA provider numbers are not insurance policies (issue 14); still configurable.
+    assert config.mapping_options == {"policy_reference_prefixes": ["Policy", "Insurance"]}
+    old_default = ["Medicare", "Policy", "Insurance"]
+    configured = Config.model_validate(
+        {"name": "s", "api_key": "k", "policy_reference_prefixes": old_default}
+    )
+    assert configured.mapping_options == {"policy_reference_prefixes": old_default}
     assert "secret-key" not in repr(config)
     # Overriding other http settings keeps Splose's rate limit.
     tuned = Config.model_validate({"name": "s", "api_key": "k", "http": {"max_retries": 2}})

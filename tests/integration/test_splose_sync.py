@@ -138,12 +138,15 @@ def test_full_sync_stores_or_quarantines_every_served_invoice(
         assert vendor_id in quarantined, f"defect {kind} on {vendor_id} was stored"
         codes = {issue.code.value for issue in quarantined[vendor_id].issues}
         assert EXPECTED_REASON[kind] in codes, (vendor_id, kind, codes)
-    # Clean invoices are only held back for a missing policy (no "Label: value" reference);
-    # the patient-link registry will resolve those later.
+    # Clean invoices are only held back for a missing policy (no "Policy:"/"Insurance:"
+    # reference: none at all, or only a Medicare number, which is never a policy); the
+    # patient-link registry resolves those (tests/test_policy_resolution_sandbox.py).
     for vendor_id, entry in quarantined.items():
         if vendor_id not in defects:
             assert {i.code for i in entry.issues} == {Reason.POLICY_MISSING}
-            assert not entry.raw_payload["referenceNumbers"]
+            references = entry.raw_payload["referenceNumbers"] or []
+            assert not [r for r in references if r.startswith(("Policy:", "Insurance:"))]
+            assert all(r.startswith("Medicare: ") for r in references)
 
 
 def test_stored_invoices_agree_with_the_truth_to_the_cent(

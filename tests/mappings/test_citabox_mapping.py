@@ -219,3 +219,55 @@ def test_not_an_object_is_payload_invalid(raw: Any) -> None:
     with pytest.raises(RecordError) as caught:
         to_canonical(raw, context())
     assert codes_of(caught.value) == {"PAYLOAD_INVALID"}
+
+
+# -- records read for a clinic group ------------------------------------------------------
+
+GROUP_CLINIC = "c-heredia"
+
+
+def tagged(record: dict[str, Any], clinic: str = GROUP_CLINIC) -> dict[str, Any]:
+    """A record as the adapter hands it on when the source reads several clinics."""
+    return {**record, "clinic_id": clinic, "_clinic": {"clinic_id": clinic, "clinic_name": "H"}}
+
+
+def test_a_record_of_a_clinic_group_is_keyed_by_its_clinic() -> None:
+    record = tagged(example())
+    invoice = to_canonical(record, context())
+    assert invoice.id == f"{GROUP_CLINIC}:inv_abc789" == MAPPING.record_id(record)
+    # Only the key: the invoice number and everything else read as for one clinic.
+    plain = to_canonical(example(), context())
+    assert invoice.invoice_number == plain.invoice_number
+    assert invoice.total_amount == plain.total_amount
+    assert (invoice.facility, plain.facility) == ("H", None)
+
+
+def test_the_facility_setting_wins_over_the_clinic_name() -> None:
+    invoice = to_canonical(tagged(example()), context(options={"facility": "Grupo"}))
+    assert invoice.facility == "Grupo"
+
+
+def test_the_same_id_in_two_clinics_is_two_invoices() -> None:
+    one = to_canonical(tagged(example(), "c-1"), context())
+    two = to_canonical(tagged(example(), "c-2"), context())
+    assert one.id != two.id
+
+
+def test_a_record_naming_another_clinic_than_it_was_read_for_is_quarantined() -> None:
+    record = {**tagged(example()), "clinic_id": "c-someone-else"}
+    with pytest.raises(RecordError) as caught:
+        to_canonical(record, context())
+    assert [(i.code, i.path) for i in caught.value.issues] == [(Reason.FIELD_INVALID, "clinic_id")]
+    # Its key is still its clinic's: it leaves quarantine under that key once corrected.
+    assert MAPPING.record_id(record) == f"{GROUP_CLINIC}:inv_abc789"
+
+
+def test_a_record_without_a_clinic_id_takes_the_clinic_it_was_read_for() -> None:
+    record = {**tagged(example()), "clinic_id": None}
+    assert to_canonical(record, context()).id == f"{GROUP_CLINIC}:inv_abc789"
+
+
+def test_an_untagged_record_keeps_the_plain_vendor_id() -> None:
+    """One clinic: the keys of stores written before clinic groups."""
+    assert to_canonical(example(), context()).id == "inv_abc789" == MAPPING.record_id(example())
+    assert MAPPING.record_id({**example(), "_clinic": "not-a-tag"}) == "inv_abc789"

@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
+from adapters.splose import Config
 from connector.errors import RecordError
 from connector.issues import Reason
 from connector.mapping.kit import CategoryMatch, MappingContext
 from connector.model import Category, Invoice, InvoiceStatus
 from connector.pipeline.validation import validate_invoice
-from mappings.splose import MAPPING, policy_from_references
+from mappings.splose import DEFAULT_POLICY_PREFIXES, MAPPING, policy_from_references
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "splose"
 CODES = {
@@ -66,9 +67,14 @@ def test_the_documented_example_maps_to_the_cent() -> None:
     invoice = MAPPING.to_canonical(doc_example(), context())
     assert invoice == Invoice.model_validate(load("invoice_doc_example.expected.json"))
     # 0.5 x 193.99 = 96.995 -> 97.00, less $20.00 = 77.00, +10 % tax 7.70 = 84.70. Splose's
-    # own example does not add up to its `total` of 193.99, and validation says so.
+    # own example does not add up to its `total` of 193.99, and validation says so. Its only
+    # reference is a Medicare provider number, which is not an insurance policy (issue 14).
     codes = {issue.code for issue in validate_invoice(invoice)}
-    assert codes == {Reason.INVOICE_TOTAL_MISMATCH, Reason.CATEGORY_UNMAPPED}
+    assert codes == {
+        Reason.INVOICE_TOTAL_MISMATCH,
+        Reason.CATEGORY_UNMAPPED,
+        Reason.POLICY_MISSING,
+    }
 
 
 def test_a_mixed_invoice_reconciles_with_its_total() -> None:
@@ -219,12 +225,14 @@ def test_mixed_invoice_under_other_tax_statuses() -> None:
 @pytest.mark.parametrize(
     ("references", "expected"),
     [
-        (["Medicare: 12345678"], "12345678"),
+        # Medicare and DVA numbers are provider numbers, not insurance policies (issue 14).
+        (["Medicare: 12345678"], None),
         (["Policy: POL-123456"], "POL-123456"),
         (["DVA: QX1", "Insurance: POL-9"], "POL-9"),
         (["policy:POL-7 "], "POL-7"),
+        (["Insurance: POL-2", "Medicare: 555"], "POL-2"),
         # Preference follows the prefix list, not the order of the entries.
-        (["Insurance: POL-2", "Medicare: 555"], "555"),
+        (["Insurance: POL-2", "Policy: POL-3"], "POL-3"),
         (["DVA: QX1"], None),
         (["Policy:   "], None),
         (["Medicare 12345678"], None),
@@ -238,12 +246,44 @@ def test_policy_number_from_reference_numbers(
 ) -> None:
     invoice = MAPPING.to_canonical(mixed(referenceNumbers=references), context())
     assert invoice.patient.policy_number == expected
+    first = invoice.patient.policy_candidates[:1]
+    assert [c.number for c in first] == ([expected] if expected else [])
+
+
+# The default before issue 14: still honoured when a source configures it.
+OLD_DEFAULT = ["Medicare", "Policy", "Insurance"]
+
+
+@pytest.mark.parametrize(
+    ("references", "expected"),
+    [
+        (["Medicare: 12345678"], ["12345678"]),
+        (["Insurance: POL-2", "Medicare: 555"], ["555", "POL-2"]),
+        (["Policy: POL-1", "Medicare: 5", "Policy: POL-4"], ["5", "POL-1", "POL-4"]),
+    ],
+)
+def test_configured_prefixes_list_every_candidate_in_their_order(
+    references: list[str | None], expected: list[str]
+) -> None:
+    ctx = context(options={"policy_reference_prefixes": OLD_DEFAULT})
+    patient = MAPPING.to_canonical(mixed(referenceNumbers=references), ctx).patient
+    assert [c.number for c in patient.policy_candidates] == expected
+    assert patient.policy_number == expected[0]
+    assert all(c.origin.startswith("referenceNumbers[") for c in patient.policy_candidates)
+
+
+def test_default_prefixes_leave_medicare_and_dva_out() -> None:
+    assert not {"medicare", "dva"} & {p.lower() for p in DEFAULT_POLICY_PREFIXES}
+    config = Config.model_validate({"name": "clinic", "api_key": "k"})
+    assert config.policy_reference_prefixes == DEFAULT_POLICY_PREFIXES
+    assert config.mapping_options == {"policy_reference_prefixes": list(DEFAULT_POLICY_PREFIXES)}
 
 
 def test_policy_prefixes_come_from_config_options() -> None:
     ctx = context(options={"policy_reference_prefixes": ["DVA"]})
     invoice = MAPPING.to_canonical(mixed(), ctx)
     assert invoice.patient.policy_number == "QX123456"
+    assert invoice.patient.policy_candidates[0].origin == "referenceNumbers[DVA]"
     assert policy_from_references(["Medicare: 1"], ["Policy"]) is None
 
 

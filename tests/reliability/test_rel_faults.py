@@ -268,8 +268,10 @@ def test_a_vendor_that_stays_down_fails_alone_and_the_next_run_resumes(tmp_path:
                 if name != down:
                     assert first[name].ok, first[name].error
             # Four attempts of one request, each at worst a stall (timeout) plus a 1 s
-            # Retry-After: the source gives up in seconds, never hangs.
-            assert elapsed < 4 * (CLIENT_TIMEOUT_S + RETRY_AFTER_S) + 10, elapsed
+            # Retry-After, and each may wait for one other attempt in flight (the adaptive
+            # bound is cut to its minimum by the failures): the source gives up in seconds,
+            # never hangs. A bound on hanging, not a speed measurement.
+            assert elapsed < 8 * (CLIENT_TIMEOUT_S + RETRY_AFTER_S) + 20, elapsed
             kept = store.count_invoices(down) + store.count_quarantined(down)
             assert 0 < kept < served_count(server, down), "the vendor fell over mid-list"
             assert store.get_state(down).resume is not None, "no checkpoint to resume from"
