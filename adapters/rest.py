@@ -10,13 +10,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, date, datetime, tzinfo
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from connector.mapping.declarative import MISSING, FieldMapping, dig
 from connector.mapping.kit import PATIENT_LOOKUP_KEY
@@ -104,8 +114,20 @@ class ListEndpoint(_Part):
     # Dotted path of the total (page/offset pagination), or of the next link (next_link).
     total: str | None = None
     next: str | None = None
+    # The vendor's invoice-date range, both ends inclusive: what `connector backfill` sends
+    # for each window. Both names or neither; the format is iso_date or a strftime pattern.
+    date_from_param: str | None = Field(None, min_length=1)
+    date_to_param: str | None = Field(None, min_length=1)
+    date_format: str = "iso_date"
 
     _relative = field_validator("path")(_relative_path)
+
+    @field_validator("date_format")
+    @classmethod
+    def _known_date_format(cls, value: str) -> str:
+        if value != "iso_date" and "%" not in value:
+            raise ValueError(f"unknown format {value!r} (iso_date or a strftime pattern)")
+        return value
 
 
 class DetailEndpoint(_Part):
@@ -185,44 +207,27 @@ class Config(SourceConfig):
     patient_lookup: PatientLookup | None = None
     fields: FieldMapping
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Config:
-        """The checks across keys, all of them at once, each named by its key."""
-        kind = self.pagination.kind
-        listing = self.list_endpoint
-        problems = []
-        if kind == "next_link" and not listing.next:
-            problems.append("list.next: pagination next_link needs where the next link is")
-        if kind != "next_link" and listing.next:
-            problems.append(f"list.next: pagination {kind} follows no next link")
-        if kind in ("single_array", "none") and listing.total:
-            problems.append(f"list.total: pagination {kind} reads no total")
-        if kind == "single_array" and listing.records:
-            problems.append("list.records: pagination single_array reads a plain JSON array")
-        if not self.status_map:
-            problems.append("status_map: list the vendor's status words (none are built in)")
-        if isinstance(self.auth, ClientCredentialsAuth | PasswordAuth):
-            problem = self._token_url_problem(self.auth.token_path)
-            if problem:
-                problems.append(problem)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    def _token_url_problem(self, token_path: str) -> str | None:
-        # The credentials travel to this URL: never in clear text to another host.
-        url = urlsplit(self.token_url())
-        if url.scheme not in ("http", "https") or not url.netloc:
-            return f"auth.token_path: {token_path!r} does not make an http(s) URL"
-        base = urlsplit(self.base_url)
-        other_host = base.scheme != "http" or url.netloc != base.netloc
-        if url.scheme == "http" and not self.allow_insecure_http and other_host:
-            return "auth.token_path: plain http to another host; use https"
-        return None
+    @model_validator(mode="wrap")
+    @classmethod
+    def _every_problem_at_once(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Config]
+    ) -> Config:
+        """The checks across keys join the field errors of the same pass, each with its own
+        path: on a valid config they read the model, else (best effort) the raw YAML."""
+        try:
+            config = handler(data)
+        except ValidationError as exc:
+            across = across_keys(RawView(data)) if isinstance(data, dict) else []
+            if not across:
+                raise
+            raise _with_problems(exc.errors(), across, data) from None
+        across = across_keys(config)
+        if across:
+            raise _with_problems([], across, data)
+        return config
 
     def token_url(self) -> str:
-        path = getattr(self.auth, "token_path", "")
-        return str(httpx.URL(self.base_url).join(path))
+        return token_url(self.base_url, getattr(self.auth, "token_path", ""))
 
     @property
     def mapping_options(self) -> dict[str, Any]:
@@ -235,6 +240,112 @@ class Config(SourceConfig):
             if isinstance(value, SecretStr) and value.get_secret_value()
         ]
         return [*super().secrets(), *nested]
+
+
+@dataclass(frozen=True)
+class RawView:
+    """The raw YAML of a source, read defensively: a key of the wrong shape reads as absent
+    (its own field error says what is wrong with it)."""
+
+    raw: dict[str, Any]
+
+    def part(self, *keys: str) -> str | None:
+        """The text at `keys`; None when absent or not text."""
+        node: Any = self.raw
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        return node if isinstance(node, str) else None
+
+    @property
+    def base_url(self) -> Any:
+        return self.raw.get("base_url")
+
+    @property
+    def allow_insecure_http(self) -> bool:
+        return self.raw.get("allow_insecure_http") is True
+
+    @property
+    def status_map(self) -> Any:
+        return self.raw.get("status_map", {})
+
+
+def across_keys(view: Config | RawView) -> list[tuple[tuple[str, ...], str]]:
+    """Problems that no single key shows: (YAML path, message)."""
+    if isinstance(view, RawView):
+        kind, next_link = view.part("pagination", "kind"), view.part("list", "next")
+        total, records = view.part("list", "total"), view.part("list", "records")
+        date_from, date_to = (
+            view.part("list", "date_from_param"),
+            view.part("list", "date_to_param"),
+        )
+        auth_kind, token_path = view.part("auth", "kind"), view.part("auth", "token_path")
+        has_token_url = auth_kind in ("oauth2_client_credentials", "oauth2_password")
+    else:
+        kind, listing = view.pagination.kind, view.list_endpoint
+        next_link, total, records = listing.next, listing.total, listing.records
+        date_from, date_to = listing.date_from_param, listing.date_to_param
+        token_path = getattr(view.auth, "token_path", None)
+        has_token_url = isinstance(view.auth, ClientCredentialsAuth | PasswordAuth)
+    problems: list[tuple[tuple[str, ...], str]] = []
+    if kind == "next_link" and not next_link:
+        problems.append((("list", "next"), "pagination next_link needs where the next link is"))
+    if kind in ("page", "offset", "single_array", "none") and next_link:
+        problems.append((("list", "next"), f"pagination {kind} follows no next link"))
+    if kind in ("single_array", "none") and total:
+        problems.append((("list", "total"), f"pagination {kind} reads no total"))
+    if kind == "single_array" and records:
+        problems.append((("list", "records"), "pagination single_array reads a plain JSON array"))
+    if bool(date_from) != bool(date_to):
+        missing = "date_to_param" if date_from else "date_from_param"
+        problems.append(
+            (("list", missing), "a date range needs both ends (date_from_param and date_to_param)")
+        )
+    if isinstance(view.status_map, dict) and not view.status_map:
+        problems.append((("status_map",), "list the vendor's status words (none are built in)"))
+    if has_token_url and isinstance(token_path, str) and isinstance(view.base_url, str):
+        problem = _token_url_problem(view.base_url, token_path, view.allow_insecure_http)
+        if problem:
+            problems.append((("auth", "token_path"), problem))
+    return problems
+
+
+def token_url(base_url: str, token_path: str) -> str:
+    return str(httpx.URL(base_url).join(token_path))
+
+
+def _token_url_problem(base_url: str, token_path: str, insecure: bool) -> str | None:
+    # The credentials travel to this URL: never in clear text to another host.
+    try:
+        url = urlsplit(token_url(base_url, token_path))
+        base = urlsplit(base_url)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return None  # base_url's own check names the problem
+    if url.scheme not in ("http", "https") or not url.netloc:
+        return f"{token_path!r} does not make an http(s) URL"
+    other_host = base.scheme != "http" or url.netloc != base.netloc
+    if url.scheme == "http" and not insecure and other_host:
+        return "plain http to another host; use https"
+    return None
+
+
+def _with_problems(
+    errors: list[ErrorDetails], across: list[tuple[tuple[str, ...], str]], data: Any
+) -> ValidationError:
+    """One ValidationError holding the field errors and the problems across keys."""
+    # Messages are kept as written: without a context PydanticCustomError formats nothing.
+    details = [
+        InitErrorDetails(
+            type=PydanticCustomError(error["type"], error["msg"]),
+            loc=error["loc"],
+            input=error["input"],
+        )
+        for error in errors
+    ]
+    details += [
+        InitErrorDetails(type=PydanticCustomError("across_keys", message), loc=loc, input=data)
+        for loc, message in across
+    ]
+    return ValidationError.from_exception_data("rest source", details)
 
 
 @dataclass(frozen=True)
@@ -281,6 +392,11 @@ def since_text(since: datetime, fmt: str, zone: tzinfo) -> str:
     if fmt == "iso_date":
         return local.date().isoformat()
     return local.strftime(fmt)
+
+
+def date_text(day: date, fmt: str) -> str:
+    """A date-range bound as the vendor wants it."""
+    return day.isoformat() if fmt == "iso_date" else day.strftime(fmt)
 
 
 def changed_since(path: str, since: datetime, zone: tzinfo) -> Callable[[Any], bool]:
@@ -345,6 +461,10 @@ class Adapter(ListDetailAdapter):
             return OAuth2Password(config.token_url(), auth.username, auth.password)
         return None
 
+    @classmethod
+    def narrows_by_date(cls, config: SourceConfig) -> bool:
+        return isinstance(config, Config) and config.list_endpoint.date_from_param is not None
+
     def filters_since(self) -> bool:
         return self.config.incremental is not None
 
@@ -378,6 +498,13 @@ class Adapter(ListDetailAdapter):
         if request.since is not None and incremental is not None and incremental.param:
             zone = _zone(self.config.timezone)
             params[incremental.param] = since_text(request.since, incremental.format, zone)
+        listing = self.config.list_endpoint
+        for day, name in (
+            (request.date_from, listing.date_from_param),
+            (request.date_to, listing.date_to_param),
+        ):
+            if day is not None and name:
+                params[name] = date_text(day, listing.date_format)
         return params
 
     def needs_detail(self) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from connector.errors import ConfigError
 from connector.pipeline.categories import read_rules_file
@@ -160,7 +160,8 @@ def build_config(
 
 
 def plaintext_secret_warnings(raw: Any, config: AppConfig, origin: str) -> list[str]:
-    """One warning per secret written into the config file itself instead of `${ENV_VAR}`."""
+    """One warning per secret written into the config file itself instead of `${ENV_VAR}`,
+    at any depth of a source (`auth.password` too), named by its path in the YAML."""
     raw_sources = raw.get("sources") if isinstance(raw, dict) else None
     if not isinstance(raw_sources, list):
         return []
@@ -171,17 +172,40 @@ def plaintext_secret_warnings(raw: Any, config: AppConfig, origin: str) -> list[
         )
         if item is None:
             continue
-        for name, field in type(source).model_fields.items():
-            if field.annotation is not SecretStr and field.annotation != SecretStr | None:
-                continue
-            value = item.get(name)
-            if isinstance(value, str) and value and not _ENV_REF.search(value):
-                variable = f"{source.name}_{name}".upper().replace("-", "_").replace(".", "_")
-                warnings.append(
-                    f"{origin}: sources ({source.name}).{name} holds a secret in plain text; "
-                    f"write {name}: ${{{variable}}} and set {variable} in the environment"
-                )
+        for path in _plaintext_secret_paths(source, item):
+            variable = f"{source.name}_{'_'.join(path)}".upper()
+            variable = re.sub(r"[^A-Z0-9_]", "_", variable)
+            where, key = ".".join(path), path[-1]
+            warnings.append(
+                f"{origin}: sources ({source.name}).{where} holds a secret in plain text; "
+                f"write {key}: ${{{variable}}} and set {variable} in the environment"
+            )
     return warnings
+
+
+def _plaintext_secret_paths(model: BaseModel, raw: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The YAML paths (keys as written) of the secrets of `model` given as literal text in
+    `raw`, its part of the YAML, walking nested models and lists of them."""
+    found: list[tuple[str, ...]] = []
+    for name, field in type(model).model_fields.items():
+        key = field.alias if field.alias is not None and field.alias in raw else name
+        found.extend((key, *rest) for rest in _secret_paths_in(getattr(model, name), raw.get(key)))
+    return found
+
+
+def _secret_paths_in(value: Any, raw: Any) -> list[tuple[str, ...]]:
+    if isinstance(value, SecretStr):
+        plain = isinstance(raw, str) and raw and not _ENV_REF.search(raw)
+        return [()] if plain else []
+    if isinstance(value, BaseModel) and isinstance(raw, dict):
+        return _plaintext_secret_paths(value, raw)
+    if isinstance(value, list | tuple) and isinstance(raw, list):
+        return [
+            (str(index), *rest)
+            for index, (part, raw_part) in enumerate(zip(value, raw, strict=False))
+            for rest in _secret_paths_in(part, raw_part)
+        ]
+    return []
 
 
 def load_config(

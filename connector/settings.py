@@ -343,6 +343,8 @@ class ServeSettings(BaseModel):
     # consumer name; never the query string, the key or a record).
     access_log: bool = True
     consumers: tuple[ServeConsumer, ...] = ()
+    # Processed (done) webhook events are deleted once this old (docs/webhooks.md).
+    webhook_retention: Duration = Field(timedelta(days=30), gt=timedelta(0))
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServeSettings:

@@ -19,7 +19,7 @@ import pytest
 
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.settings import HttpSettings
-from connector.sources.http import SlidingWindowLimiter, SourceClient
+from connector.sources.http import SourceClient
 from connector.sources.limiter import AdaptiveConcurrency
 
 VENDOR = "meditrak_import"
@@ -175,7 +175,7 @@ def test_a_rate_limited_vendor_never_sees_more_than_its_limit() -> None:
                 # `requests_per_minute` in a one-second window, so the test takes seconds: the
                 # same sliding window the setting builds, with the same margin for arrival jitter
                 # in proportion.
-                client._limiter = SlidingWindowLimiter(per_window, window_s * 1.2)
+                client.limit_rate(per_window, window_s * 1.2)
                 await fetch_all(client, [f"invoices/{i}" for i in ids], 3 * per_window)
                 return client
 

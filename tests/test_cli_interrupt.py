@@ -177,6 +177,19 @@ def test_sync_announces_a_rate_limit_wait_and_sigterm_ends_it(
         assert store.runs(SOURCE, limit=1)[0].status == "interrupted"
 
 
+def test_a_rate_wait_names_the_configured_limit(sandbox: SandboxServer, tmp_path: Path) -> None:
+    # The client's window is a minute plus a margin for arrival jitter: the line still says
+    # 60/min, as configured (a rate computed from the widened window would read 59/min).
+    config = _config(tmp_path, sandbox, "sixty", http={"requests_per_minute": 60})
+    with connector_processes(tmp_path) as start:
+        sync = start("-c", str(config), "sync")
+        waits = wait_for(lambda: sync.events("source.rate_limit_wait"), timeout=90)
+        sync.signal(signal.SIGTERM)
+        assert sync.wait(30) == 143, sync.stderr()[-2000:]
+    assert waits[0]["limit_per_minute"] == 60
+    assert waits[0]["detail"].endswith(f"for {SOURCE}'s rate limit (60/min)")
+
+
 def test_what_python_itself_would_print_is_a_json_log_line_too(tmp_path: Path) -> None:
     # A warning, an exception in a thread, one in a finalizer and an uncaught one: Python
     # would print each as plain text (a traceback) on stderr, outside JSON and masking.

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from connector.config import build_config
-from connector.daemon.hosting import listen_settings
+from connector.daemon.hosting import RunStats, listen_settings, start_hosting
 from connector.errors import ConfigError
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.store import Store
@@ -323,3 +323,32 @@ def test_the_daemon_listens_with_serve_tls_only_when_it_serves_the_api(tmp_path:
     assert (with_api.host, with_api.port) == ("127.0.0.1", 9108)
     assert with_api.tls_certfile is not None and Path(with_api.tls_certfile).name == "cert.pem"
     assert len(with_api.consumers) == 2 and with_api.access_log is True
+
+
+def test_the_webhook_worker_gets_the_daemon_shutdown_timeout_to_finish(tmp_path: Path) -> None:
+    url = sqlite_url_for(tmp_path / "store.db")
+    Store(url).close()  # created and migrated, as a first sync leaves it
+    source = {
+        "name": PUSHED,
+        "type": "bio_ecko",
+        "base_url": "http://127.0.0.1:9/api/v1/",
+        "allow_insecure_http": True,
+        "client_id": "unused",
+        "client_secret": "unused",
+        "webhook_secret": SECRET,
+    }
+    raw = {
+        "store": {"url": url},
+        "daemon": {"health_port": 0, "serve_api": True, "shutdown_timeout": "7s"},
+        "serve": {"consumers": consumers()},
+        "sources": [source],
+    }
+    hosted = start_hosting(
+        build_config(raw, env={}), RunStats(), lambda: (200, {}), lambda: True, lambda: [PUSHED]
+    )
+    assert hosted is not None
+    try:
+        assert hosted.app.state.webhooks is not None
+        assert hosted.worker_timeout == 7.0
+    finally:
+        hosted.stop(5.0)

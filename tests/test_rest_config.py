@@ -86,10 +86,50 @@ def test_problems_across_keys_are_listed_together_with_their_keys() -> None:
         "pagination": {"kind": "next_link"},
         "status_map": {},
     }
-    (problem,) = problems_of(source)
-    assert problem.startswith("sources[0] (meditrak_import): ")
-    assert "list.next: pagination next_link needs where the next link is" in problem
-    assert "status_map: list the vendor's status words" in problem
+    found = problems_of(source)
+    where = "sources[0] (meditrak_import)."
+    assert found == [
+        where + "list.next: pagination next_link needs where the next link is",
+        where + "status_map: list the vendor's status words (none are built in)",
+    ]
+
+
+def test_field_errors_and_problems_across_keys_are_listed_in_the_same_pass() -> None:
+    source = {
+        **yaml.safe_load((EXAMPLES / "invoice_api.rest.yaml").read_text())["sources"][0],
+        "base_url": "https://billing.example.com/api/v1/",
+        "pagination": {"kind": "next_link"},
+    }
+    source["auth"] = {**source["auth"], "username": "u", "password": "p"}
+    source["auth"]["token_path"] = "http://login.example.com/token"
+    source["list"] = {**source["list"], "total": None}
+    source["fields"] = {**source["fields"], "total_amount": {"path": "t", "unit": "pennies"}}
+    found = problems_of(source)
+    where = "sources[0] (invoice_api)."
+    assert found == [
+        where + "fields.total_amount.unit: unknown money unit 'pennies' (decimal or minor)",
+        where + "list.next: pagination next_link needs where the next link is",
+        where + "auth.token_path: plain http to another host; use https",
+    ]
+
+
+def test_problems_across_keys_read_the_raw_yaml_defensively() -> None:
+    source = {
+        **yaml.safe_load((EXAMPLES / "meditrak_import.rest.yaml").read_text())["sources"][0],
+        "base_url": "https://billing.example.com/api/",
+        "auth": {"kind": "oauth2_password", "token_path": 5, "password": "p"},
+        "list": {"path": "invoices", "records": "data", "total": ["not", "a", "path"]},
+        "pagination": {"kind": "single_array", "page_param": 3},
+    }
+    found = problems_of(source)
+    where = "sources[0] (meditrak_import)."
+    assert where + "list.records: pagination single_array reads a plain JSON array" in found
+    # A key of the wrong shape has its own error, and no guess across keys besides.
+    (total,) = [p for p in found if p.startswith(where + "list.total")]
+    assert total.startswith(where + "list.total: Input should be a valid string"), total
+    assert any(p.startswith(where + "auth.oauth2_password.username: Field") for p in found)
+    assert any(p.startswith(where + "pagination.page_param: Input should be") for p in found)
+    assert all(p.startswith(where) for p in found)
 
 
 def test_a_token_url_in_clear_text_to_another_host_is_refused() -> None:
@@ -102,7 +142,9 @@ def test_a_token_url_in_clear_text_to_another_host_is_refused() -> None:
         "token_path": "http://login.example.com/token",
     }
     (problem,) = problems_of(source)
-    assert "auth.token_path: plain http to another host" in problem
+    assert (
+        problem == "sources[0] (invoice_api).auth.token_path: plain http to another host; use https"
+    )
 
 
 def test_the_shipped_examples_load_and_know_their_nested_secrets() -> None:

@@ -2,17 +2,20 @@
 adapters: each runs against its own sandbox of the same dialect (same seed, same defects, same
 anomaly or fault mode) into its own store, and the two stores must end identical: the records to
 the cent with their content hashes, the quarantine keys with their reason codes, and the sync
-checkpoints, also after a run cut off mid-way and resumed."""
+checkpoints, also after a run cut off mid-way and resumed. The clean sync runs on SQLite and
+PostgreSQL (the store is where the backends differ; the other cases are about HTTP)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from connector.config import AppConfig, build_config
 from connector.pipeline.engine import EXIT_AFTER_BATCHES_ENV, RunResult
@@ -21,11 +24,10 @@ from connector.sandbox import SandboxOptions, SandboxServer
 from connector.sandbox._anomaly import HostileBody
 from connector.sources.adapter import FetchRequest
 from connector.sources.discovery import source_type
-from connector.sources.http import SlidingWindowLimiter
 from connector.store import Store
 from connector.store.store import sqlite_url_for
 from tests.conftest import run_connector, seed_registry, write_config
-from tests.reliability.rel_helpers import RETRYING_HTTP, snapshot
+from tests.reliability.rel_helpers import RETRYING_HTTP, private_pg_database, snapshot
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 VENDORS = ("meditrak_import", "invoice_api")
@@ -86,18 +88,24 @@ Outcome = dict[str, tuple[RunResult, dict[str, Any], Any, tuple[int, int]]]
 
 
 def run_pair(
-    name: str, tmp_path: Path, http: dict[str, Any] | None = None, **options: Any
+    name: str,
+    tmp_path: Path,
+    http: dict[str, Any] | None = None,
+    urls: dict[str, str] | None = None,
+    **options: Any,
 ) -> Outcome:
-    """One sync by each description against its own identical sandbox: result, snapshot, sync
-    state, and (faults injected, anomalies applied) per description."""
+    """One sync by each description against its own identical sandbox, into its own store
+    (`urls` by description; SQLite files by default): result, snapshot, sync state, and
+    (faults injected, anomalies applied) per description."""
     outcome: Outcome = {}
     for kind, make in (("hand", hand_source), ("rest", rest_source)):
         sandbox = SandboxOptions(invoices=120, seed=23, dialects=(name,), **options)
         with SandboxServer(sandbox) as server:
-            path = tmp_path / f"{kind}.db"
-            config = build_config(document(make(server, name), path, http or RETRYING_HTTP))
-            seed_registry(server, sqlite_url_for(path))
-            with Store(sqlite_url_for(path)) as store:
+            url = (urls or {}).get(kind) or sqlite_url_for(tmp_path / f"{kind}.db")
+            raw = document(make(server, name), tmp_path / f"{kind}.db", http or RETRYING_HTTP)
+            config = build_config({**raw, "store": {"url": url}})
+            seed_registry(server, url)
+            with Store(url) as store:
                 result = sync(config, store)
                 state = store.get_state(name)
                 fired = (server.stats(name)["faults_injected"], len(server.anomaly_log(name)))
@@ -129,11 +137,22 @@ def assert_same(outcome: Outcome) -> None:
     assert rest[0].counts == hand[0].counts
 
 
+@pytest.fixture
+def store_pair(store_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Two empty stores on the backend of `store_url`: the hand-written adapter's and the
+    YAML description's."""
+    if make_url(store_url).get_backend_name() == "sqlite":
+        yield {"hand": store_url, "rest": sqlite_url_for(tmp_path / "rest.db")}
+        return
+    with private_pg_database() as other:
+        yield {"hand": store_url, "rest": other}
+
+
 @pytest.mark.parametrize("name", VENDORS)
 def test_a_clean_sync_stores_and_quarantines_exactly_as_the_hand_written_adapter(
-    name: str, tmp_path: Path
+    name: str, tmp_path: Path, store_pair: dict[str, str]
 ) -> None:
-    outcome = run_pair(name, tmp_path, defect_rate=0.15)
+    outcome = run_pair(name, tmp_path, urls=store_pair, defect_rate=0.15)
     assert_same(outcome)
     stored = outcome["rest"][1][name]
     assert stored["invoices"] and stored["quarantined"], "the sandbox served no defect"
@@ -213,7 +232,7 @@ def test_the_rate_limit_is_never_exceeded(tmp_path: Path) -> None:
         (source,) = build_config({"sources": [raw]}).sources
         adapter = source_type("rest").adapter_class().create(source)
         # The setting's own sliding window, shrunk to a second so that the test takes seconds.
-        adapter.client._limiter = SlidingWindowLimiter(per_window, window_s * 1.2)
+        adapter.client.limit_rate(per_window, window_s * 1.2)
 
         async def walk() -> int:
             fetched = 0

@@ -271,6 +271,15 @@ def test_health_and_metrics_on_the_same_app(served: Served) -> None:
     assert "connector_up 1.0" in metrics
 
 
+def test_the_openapi_document_is_counted_under_its_own_route(served: Served) -> None:
+    with served.client(None) as client:
+        assert client.get("/openapi.json").status_code == 200
+        client.get("/no/such/path")
+        metrics = client.get("/metrics").text
+    assert 'route="/openapi.json",status="200"' in metrics
+    assert 'route="unmatched",status="404"' in metrics
+
+
 def test_no_key_patient_name_or_policy_number_in_the_server_log(served: Served) -> None:
     stream = io.StringIO()
     configure_logging("debug", "json", stream=stream)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from connector.serve import create_app, start_in_thread
 from connector.serve.webhooks import SIGNATURE_HEADER, WebhookService, sign
 from connector.settings import AppConfig
 from connector.store import Store
+from connector.store.schema import webhook_event
 from connector.store.serving import ServingReads
 from connector.store.store import sqlite_url_for
 from connector.store.webhooks import WebhookEvents
@@ -315,3 +317,89 @@ def test_no_secret_or_patient_data_in_the_log(tmp_path: Any) -> None:
     assert '"webhook.rejected"' in log
     assert SECRET not in log and sign(SECRET, b"") not in log
     assert names not in log and policies not in log
+
+
+def _webhook_config(store_url: str) -> AppConfig:
+    source = {
+        "name": SOURCE,
+        "type": "bio_ecko",
+        "base_url": "http://127.0.0.1:9/api/v1/",
+        "allow_insecure_http": True,
+        "client_id": "unused",
+        "client_secret": "unused",
+        "webhook_secret": SECRET,
+    }
+    raw = {"store": {"url": store_url}, "sources": [source]}
+    return build_config(raw, env={})
+
+
+def test_done_events_older_than_the_retention_are_pruned(store_url: str) -> None:
+    now = datetime.now(UTC)
+    with Store(store_url) as store:
+        events = WebhookEvents(store)
+        for n in range(5):
+            assert events.record(SOURCE, f"wh-{n}", "invoice.paid", f"INV-{n}", now)
+        ids = {row["webhook_id"]: row["id"] for row in events.all(SOURCE)}
+        events.mark_done([ids["wh-0"], ids["wh-1"], ids["wh-2"]], run_id=1, outcome="updated")
+        events.mark_retry([ids["wh-3"]], error="vendor down", next_attempt_at=now, give_up_after=1)
+        # wh-0 and wh-1 were processed 31 days ago, wh-2 just now; wh-3 failed, wh-4 pending.
+        with store.transaction() as conn:
+            conn.execute(
+                webhook_event.update()
+                .where(webhook_event.c.id.in_([ids["wh-0"], ids["wh-1"], ids["wh-3"]]))
+                .values(processed_at=now - timedelta(days=31))
+            )
+        assert events.prune(timedelta(days=30)) == 2
+        left = {row["webhook_id"]: row["status"] for row in events.all(SOURCE)}
+        assert left == {"wh-2": "done", "wh-3": "failed", "wh-4": "pending"}
+        # The worker's call prunes at most once per PRUNE_EVERY.
+        later = now + timedelta(days=40)
+        assert events.prune_if_due(timedelta(days=30), now=later) == 1
+        assert events.prune_if_due(timedelta(days=30), now=later + timedelta(minutes=5)) is None
+        assert {row["webhook_id"] for row in events.all(SOURCE)} == {"wh-3", "wh-4"}
+
+
+def test_the_worker_prunes_with_the_configured_retention(tmp_path: Any) -> None:
+    url = sqlite_url_for(tmp_path / "store.db")
+    raw_config = _webhook_config(url)
+    config = raw_config.model_copy(
+        update={"serve": raw_config.serve.model_copy(update={"webhook_retention": timedelta(1)})}
+    )
+    with Store(url) as store:
+        events = WebhookEvents(store)
+        assert events.record(SOURCE, "wh-old", "invoice.paid", "INV-1", datetime.now(UTC))
+        (row,) = events.all(SOURCE)
+        events.mark_done([row["id"]], run_id=1, outcome="unchanged")
+        with store.transaction() as conn:
+            conn.execute(
+                webhook_event.update().values(processed_at=datetime.now(UTC) - timedelta(days=2))
+            )
+    service = WebhookService(config)
+    try:
+        wait_for(lambda: not WebhookEvents(service.store).all(SOURCE), "the worker's prune")
+    finally:
+        service.close()
+
+
+def test_closing_the_service_does_not_wait_past_its_timeout_for_a_stuck_round(
+    tmp_path: Any,
+) -> None:
+    service = WebhookService(
+        _webhook_config(sqlite_url_for(tmp_path / "store.db")), start_worker=False
+    )
+    in_round, release = threading.Event(), threading.Event()
+
+    async def stuck_round() -> list[Any]:
+        in_round.set()
+        await asyncio.to_thread(release.wait)
+        return []
+
+    service.processor.process_due = stuck_round  # type: ignore[method-assign]
+    service.worker.start()
+    try:
+        assert in_round.wait(WAIT_S)
+        service.close(timeout=0.2)
+        # close() came back while the round was still under way.
+        assert not release.is_set()
+    finally:
+        release.set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from datetime import date, datetime
 from typing import Annotated, Any
 
@@ -13,20 +14,24 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from connector.cli.common import err, load, open_store, out, state
-from connector.daemon.backfill import Backfill, LogProgress, ProgressReporter, default_progress
+from connector.cli.common import err, load, open_store, print_json, show, state
+from connector.daemon.backfill import (
+    Backfill,
+    BackfillReport,
+    LogProgress,
+    ProgressReporter,
+    default_progress,
+)
 from connector.daemon.backfill import parse_window as parse_window_days
 from connector.daemon.service import Daemon
 from connector.errors import ConfigError, ConnectorError
 from connector.logging import mask_patient_data, scrub_text
 from connector.pipeline.wiring import build_engine
+from connector.runtime import exit_status
 from connector.schedule import parse_duration
 from connector.store.coordination import BackfillStatus, backfill_statuses
 
 commands = typer.Typer()
-
-# Conventional exit status of a command stopped by Ctrl-C.
-EXIT_INTERRUPTED = 130
 
 
 @commands.command()
@@ -73,13 +78,14 @@ def backfill(
         str,
         typer.Option("--progress-every", help="Seconds between progress lines off a terminal."),
     ] = "10s",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Sync one source's invoices dated SINCE..UNTIL, window by window; re-run to continue.
 
     Windows are stored in the database and claimed under a lease: an interrupted backfill
     continues where it stopped, and several processes (other machines too, on PostgreSQL)
     running the same command split the windows. Exit 1 if windows failed (re-run to retry
-    them), 130 if interrupted.
+    them), 130 if interrupted by SIGINT (Ctrl-C), 143 by SIGTERM.
     """
     first = _date(since, "--since")
     last = _date(until, "--until") if until is not None else None
@@ -117,6 +123,43 @@ def backfill(
         except ConnectorError as exc:
             err.print(f"[bold red]Backfill failed[/] {exc}", highlight=False)
             raise typer.Exit(1) from None
+    _report_backfill(report, as_json=as_json)
+
+
+def _interruption(report: BackfillReport) -> tuple[str, int]:
+    """The line printed when a signal stopped the backfill, and the exit status it gives."""
+    signum = report.stop_signal or signal.SIGINT
+    name = signal.Signals(signum).name
+    return f"interrupted by {name}: run the same command again to continue", exit_status(signum)
+
+
+def _report_json(report: BackfillReport, message: str | None) -> dict[str, Any]:
+    summary = report.summary
+    return {
+        "backfill": report.key,
+        "complete": report.complete,
+        "interrupted": report.interrupted,
+        "message": message,
+        "windows": {
+            "total": summary.total,
+            "done": summary.done,
+            "failed": summary.failed,
+            "left": summary.pending + summary.running,
+        },
+        "counts": report.counts.as_dict(),
+        "seconds": round(report.seconds, 3),
+        "failures": [_shown_error(failure) for failure in report.failures],
+    }
+
+
+def _report_backfill(report: BackfillReport, *, as_json: bool) -> None:
+    """The summary (a table, or JSON), the failed windows, then the exit status."""
+    message, code = _interruption(report) if report.interrupted else (None, 0)
+    if not report.interrupted and not report.complete:
+        message, code = "some windows failed: run the same command again to retry them", 1
+    if as_json:
+        print_json(_report_json(report, message))
+        raise typer.Exit(code)
     table = Table(title=f"Backfill {report.key}")
     for column in ("windows", "done", "failed", "left", *report.counts.as_dict(), "seconds"):
         table.add_column(column, justify="right")
@@ -129,15 +172,12 @@ def backfill(
         *(str(v) for v in report.counts.as_dict().values()),
         f"{report.seconds:.2f}",
     )
-    out.print(table)
+    show(table)
     for failure in report.failures:
-        err.print(f"[red]window failed[/] {failure}", highlight=False)
-    if report.interrupted:
-        err.print("interrupted: run the same command again to continue", highlight=False)
-        raise typer.Exit(EXIT_INTERRUPTED)
-    if not report.complete:
-        err.print("some windows failed: run the same command again to retry them")
-        raise typer.Exit(1)
+        err.print(Text.assemble(("window failed", "red"), " ", _shown_error(failure) or ""))
+    if message:
+        err.print(message, highlight=False)
+    raise typer.Exit(code)
 
 
 # ----------------------------------------------------------------------------- backfill-status
@@ -296,4 +336,4 @@ def backfill_status(
         err.print(f"no backfills{scope} stored", highlight=False)
         return
     for table in _status_tables(statuses):
-        out.print(table)
+        show(table)

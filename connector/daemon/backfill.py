@@ -106,6 +106,8 @@ class BackfillReport:
     windows_synced: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    # The signal that interrupted it (None when stopped otherwise, e.g. by a test).
+    stop_signal: int | None = None
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -217,7 +219,7 @@ class Backfill:
         self.store = store
         self.engine = engine
         self.source = config.source(source)
-        if not source_type(self.source.type).adapter_class().supports_date_window:
+        if not source_type(self.source.type).adapter_class().narrows_by_date(self.source):
             raise ConfigError(
                 [
                     f"source {source!r} ({self.source.type}) cannot ask its vendor for a date "
@@ -233,6 +235,7 @@ class Backfill:
         self.idle_poll = idle_poll
         self._stop = asyncio.Event()
         self._stopping = False
+        self._stop_signal: int | None = None
         self.key = ""
         self.windows: BackfillWindows | None = None
 
@@ -274,10 +277,11 @@ class Backfill:
         self.windows = windows
         return windows
 
-    def request_stop(self) -> None:
+    def request_stop(self, signum: int | None = None) -> None:
         """Ctrl-C / SIGTERM: windows in flight end after their batch and go back to pending."""
         if not self._stopping:
-            log.info("backfill.stopping")
+            self._stop_signal = signum
+            log.info("backfill.stopping", signal=signal.Signals(signum).name if signum else None)
         self._stopping = True
         self.engine.request_stop()
         self._stop.set()
@@ -289,7 +293,7 @@ class Backfill:
         loop = asyncio.get_running_loop()
         if handle_signals:
             for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, self.request_stop)
+                loop.add_signal_handler(signum, self.request_stop, signum)
         reporter = (self._progress_factory or (lambda key: default_progress(key, 10.0)))(self.key)
         watcher = asyncio.create_task(self._watch_progress(windows, reporter, report.summary))
         source = per_worker_source(self.source, self.workers)
@@ -309,6 +313,7 @@ class Backfill:
         reporter.close()
         report.seconds = time.monotonic() - started
         report.interrupted = self._stopping and not report.summary.finished
+        report.stop_signal = self._stop_signal if report.interrupted else None
         log.info(
             "backfill.finished" if report.complete else "backfill.incomplete",
             backfill=self.key,

@@ -134,6 +134,9 @@ class HostedServer:
     app: FastAPI
     reads: ServingReads
     running: RunningServer
+    # How long the webhook worker's round under way may take to finish at shutdown: the
+    # daemon's `shutdown_timeout`, as for the runs it cancels.
+    worker_timeout: float = 30.0
 
     @property
     def url(self) -> str:
@@ -141,9 +144,9 @@ class HostedServer:
 
     def stop(self, timeout: float) -> None:
         """Requests in flight finish (up to `timeout` s), then the webhook worker's round under
-        way, then the store connections close."""
+        way (up to `worker_timeout` s), then the store connections close."""
         self.running.stop(timeout)
-        _release(self.app, self.reads)
+        _release(self.app, self.reads, self.worker_timeout)
 
 
 def start_hosting(
@@ -171,12 +174,13 @@ def start_hosting(
     except BaseException:
         _release(app, reads)
         raise
-    return HostedServer(app, reads, running)
+    worker_timeout = config.daemon.shutdown_timeout.total_seconds()
+    return HostedServer(app, reads, running, worker_timeout)
 
 
-def _release(app: FastAPI | None, reads: ServingReads) -> None:
+def _release(app: FastAPI | None, reads: ServingReads, worker_timeout: float = 30.0) -> None:
     webhooks = getattr(app.state, "webhooks", None) if app is not None else None
     if webhooks is not None:
         with contextlib.suppress(ConnectorError):
-            webhooks.close()
+            webhooks.close(worker_timeout)
     reads.close()

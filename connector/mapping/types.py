@@ -112,7 +112,22 @@ def more_places_than(number: Decimal, places: int) -> bool:
     return isinstance(exponent, int) and exponent < -places
 
 
+# Floats below this (and their shortest repr) are below MAX_AMOUNT.
+_MAX_FLOAT = float(MAX_AMOUNT)
+
+
 def parse_money(value: Any) -> Decimal:
+    # The two forms JSON amounts nearly always take, decided without a rounding step: an int
+    # has no decimals, and a float's shortest repr (no exponent) shows its decimals. The same
+    # result as below for them; everything else, and any failure, takes the full checks.
+    kind = type(value)
+    if kind is int:
+        if 0 <= value < _MAX_INT:
+            return Decimal(value)
+    elif kind is float and 0 <= value < _MAX_FLOAT:
+        text = repr(value)
+        if "e" not in text and len(text) - text.index(".") <= 3:
+            return Decimal(text)
     number = parse_decimal(value)
     if number < 0:
         raise PydanticCustomError("amount_invalid", "negative amount")
@@ -133,6 +148,8 @@ def parse_signed_money(value: Any) -> Decimal:
 
 
 def parse_quantity(value: Any) -> Decimal:
+    if type(value) is int and 0 < value < _MAX_INT:  # the common case: a whole count
+        return Decimal(value)
     number = parse_decimal(value)
     if number <= 0:
         raise PydanticCustomError("amount_invalid", "quantity must be positive")

@@ -33,7 +33,7 @@ from connector.pipeline.validation import PolicyCheck, normalized, validate_invo
 from connector.settings import AppConfig, SourceConfig
 from connector.sources.adapter import Adapter, FetchRequest, SourcePage
 from connector.sources.discovery import source_type
-from connector.sources.http import SlidingWindowLimiter
+from connector.sources.http import SourceClient
 from connector.store import Accepted, BatchCounts, Rejected, Store
 
 log = structlog.get_logger("connector.pipeline.engine")
@@ -553,46 +553,35 @@ async def _counted_only(batch: Batch) -> BatchCounts:
 RATE_WAIT_REPORT_S = 2.0
 
 
-class ReportingLimiter:
-    """A source client's rate limiter that logs `source.rate_limit_wait` before a long wait,
-    so that an operator watching `sync` or `validate` sees why nothing moves."""
+class RateWaitAnnouncer:
+    """A source client's `on_rate_wait` hook: logs `source.rate_limit_wait` before a long
+    wait, so that an operator watching `sync` or `validate` sees why nothing moves."""
 
-    def __init__(self, inner: SlidingWindowLimiter, source: str) -> None:
-        self._inner = inner
+    def __init__(self, source: str) -> None:
         self._source = source
         self._announced_until = 0.0
 
-    async def acquire(self) -> None:
+    def __call__(self, seconds: float, per_minute: int) -> None:
         now = time.monotonic()
-        wait = self._expected_wait(now)
-        if wait >= RATE_WAIT_REPORT_S and now + wait > self._announced_until + 1.0:
-            self._announced_until = now + wait
-            per_minute = round(self._inner.limit * 60 / self._inner.window)
-            log.info(
-                "source.rate_limit_wait",
-                source=self._source,
-                wait_s=round(wait),
-                limit_per_minute=per_minute,
-                detail=f"waiting {round(wait)} s for {self._source}'s rate limit "
-                f"({per_minute}/min)",
-            )
-        await self._inner.acquire()
-
-    def _expected_wait(self, now: float) -> float:
-        inner = self._inner
-        live = [start for start in inner._starts if now - start < inner.window]
-        if len(live) < inner.limit:
-            return 0.0
-        return inner.window - (now - live[0])
+        # Requests queued behind the same wait would announce it again: once is enough.
+        if seconds < RATE_WAIT_REPORT_S or now + seconds <= self._announced_until + 1.0:
+            return
+        self._announced_until = now + seconds
+        log.info(
+            "source.rate_limit_wait",
+            source=self._source,
+            wait_s=round(seconds),
+            limit_per_minute=per_minute,
+            detail=f"waiting {round(seconds)} s for {self._source}'s rate limit ({per_minute}/min)",
+        )
 
 
 def report_rate_limit_waits(adapter: Adapter, source: str) -> None:
-    """Announce the long rate-limit waits of `adapter`'s client. The limiter is wrapped where
-    the client keeps it; an HTTP client without one (or of another kind) is left alone."""
+    """Announce the long rate-limit waits of `adapter`'s client (an adapter without a
+    `SourceClient` is left alone)."""
     client = getattr(adapter, "client", None)
-    inner = getattr(client, "_limiter", None)
-    if isinstance(inner, SlidingWindowLimiter):
-        client._limiter = ReportingLimiter(inner, source)  # type: ignore[union-attr]
+    if isinstance(client, SourceClient):
+        client.on_rate_wait = RateWaitAnnouncer(source)
 
 
 # aiohttp's "Cannot connect to host H:P ssl:default [reason]" names TLS settings even for a

@@ -305,6 +305,7 @@ class PushWorker:
             wait = self.idle
             try:
                 results = asyncio.run(self.processor.process_due())
+                self.processor.events.prune_if_due(self.processor.config.serve.webhook_retention)
                 if any(r.locked for r in results):
                     wait = self.busy_retry
                 due = self.processor.events.next_due_at()

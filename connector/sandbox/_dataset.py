@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import random
 import threading
+import zlib
 from bisect import bisect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,9 +20,10 @@ from decimal import Decimal
 CANONICAL_STATUSES: tuple[str, ...] = ("paid", "unpaid", "pending", "void")
 
 # Defect kind -> the reason code the connector's validation is expected to report for it.
-# What a line with the `unknown_category` defect is called: no category rule may claim it, so
-# the defect stays a defect however good the description rules get.
-UNCATEGORISABLE_DESCRIPTION = "Sundry administrative charge"
+# What a line with the `unknown_category` defect is called: no category rule may claim it, and
+# no non-clinical rule either (a source's `non_clinical_category` would then place it), so the
+# defect stays a defect however good the rules get.
+UNCATEGORISABLE_DESCRIPTION = "Miscellaneous item"
 
 EXPECTED_REASON: dict[str, str] = {
     "unknown_category": "CATEGORY_UNMAPPED",
@@ -33,7 +35,26 @@ EXPECTED_REASON: dict[str, str] = {
     "unknown_status": "STATUS_UNMAPPED",
     "invoice_total_mismatch": "INVOICE_TOTAL_MISMATCH",
     "unregistered_policy": "POLICY_UNKNOWN",
+    # A fee, surcharge, voucher or admin / report charge: MediTrak has no category for it, so the
+    # connector leaves it unmapped unless the source sets `non_clinical_category`.
+    "non_clinical_line": "CATEGORY_UNMAPPED",
 }
+
+# The truth category of a non-clinical line: none of MediTrak's ten (`SandboxItem.fee` says
+# which charge it is; each dialect words it in its vendor's own language).
+NON_CLINICAL_CATEGORY = "non_clinical"
+# Non-clinical charge kind -> (MediTrak-style English wordings, low and high price in cents, and
+# whether the charge is billed alone: a no-show invoice bills only the fee, a surcharge or a
+# report rides on the services it belongs to).
+FEES: dict[str, tuple[tuple[str, ...], int, int, bool]] = {
+    "cancellation": (("Late Cancellation Fee", "Cancellation Fee"), 3000, 9000, True),
+    "missed_appointment": (("Missed Appointment Fee", "No-Show Fee"), 4000, 12000, True),
+    "surcharge": (("Credit Card Surcharge", "After Hours Surcharge"), 200, 3500, False),
+    "gift_voucher": (("Gift Voucher", "Gift Card"), 5000, 20000, True),
+    "admin": (("Administration Fee", "Admin Fee"), 1000, 5000, False),
+    "report_writing": (("Medical Report Fee", "Report Writing Fee"), 5000, 30000, False),
+}
+FEE_KINDS: tuple[str, ...] = tuple(FEES)
 
 # The ten MediTrak item categories with descriptions and a plausible unit price range in cents.
 CATEGORIES: dict[str, tuple[tuple[str, ...], int, int]] = {
@@ -108,6 +129,14 @@ class SandboxItem:
     description: str
     quantity: Decimal
     unit_price: Decimal
+    # The non-clinical charge kind (a key of FEES) of a fee line, None for a clinical service.
+    fee: str | None = None
+
+
+def fee_wording(choices: Sequence[str], key: str) -> str:
+    """One of a dialect's wordings for a fee line, chosen by `key` (the invoice id) so that
+    every render of the invoice agrees."""
+    return choices[zlib.crc32(key.encode()) % len(choices)]
 
 
 def item_total(item: SandboxItem) -> Decimal:
@@ -433,4 +462,26 @@ def _generate_invoices(
             prev, cur = invoices[i - 1], invoices[i]
             shared = max(prev.updated_at, cur.updated_at)
             prev.updated_at = cur.updated_at = shared
+    # Last, so that drawing the fees leaves every other invoice as it would be without them.
+    add_fee_lines(invoices, rng)
     return invoices, patients
+
+
+def add_fee_lines(invoices: Sequence[SandboxInvoice], rng: random.Random) -> None:
+    """Give every `non_clinical_line` invoice its fee, the kinds in turn: a charge billed alone
+    replaces the services, the others are added after them."""
+    given = 0
+    for invoice in invoices:
+        if invoice.defect != "non_clinical_line":
+            continue
+        kind = FEE_KINDS[given % len(FEE_KINDS)]
+        given += 1
+        wordings, low, high, alone = FEES[kind]
+        fee = SandboxItem(
+            NON_CLINICAL_CATEGORY,
+            wordings[rng.randrange(len(wordings))],
+            Decimal(1),
+            Decimal(rng.randint(low, high)) * _CENT,
+            kind,
+        )
+        invoice.items = [fee] if alone else [*invoice.items, fee]

@@ -25,6 +25,7 @@ from ._dataset import (
     Dataset,
     SandboxInvoice,
     SandboxItem,
+    fee_wording,
     item_total,
 )
 from ._dialect import Dialect, json_response, money, parse_int, parse_iso_date
@@ -49,6 +50,16 @@ DEPARTMENTS: dict[str, str] = {
     "physiotherapy": "Physiotherapy",
     "obstetrics": "Obstetrics & Gynaecology",
     "optical": "Ophthalmology",
+}
+# Fee lines (`non_clinical_line`) as an Indian hospital bills them: the desk that raises the
+# charge and the service names it uses. None of these departments is a clinical one.
+BIO_ECKO_FEES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cancellation": ("Front Office", ("Appointment Cancellation Charges", "Cancellation Charges")),
+    "missed_appointment": ("Front Office", ("No Show Charges", "Missed Appointment Charges")),
+    "surcharge": ("Accounts", ("Card Payment Surcharge", "Convenience Fee")),
+    "gift_voucher": ("Accounts", ("Gift Voucher", "Health Check Gift Voucher")),
+    "admin": ("Front Office", ("Administrative Charges", "Medical Records Copy Charges")),
+    "report_writing": ("Medical Records", ("Medical Report Charges", "Medical Certificate Fee")),
 }
 BRANCH_IDS: dict[str, str] = {name: f"BR-{i + 1:02d}" for i, name in enumerate(FACILITIES)}
 _PAYMENT_MODES = ("cash", "card", "upi", "neft", "cheque", "online", "insurance")
@@ -137,7 +148,11 @@ def render_line(invoice_id: str, index: int, item: SandboxItem, inter_state: boo
     total = _cents(item_total(item))
     quantity = item.quantity
     plan = _stable(invoice_id, str(index)) % 100
-    department = DEPARTMENTS[item.category]
+    if item.fee is not None:
+        department, wordings = BIO_ECKO_FEES[item.fee]
+        name = fee_wording(wordings, invoice_id)
+    else:
+        department, name = DEPARTMENTS[item.category], item.description
     taxable: int | None = total
     if plan < _TAXED:
         taxable = _taxable_value(total, inter_state)
@@ -146,9 +161,7 @@ def render_line(invoice_id: str, index: int, item: SandboxItem, inter_state: boo
         taxable = total
     discounted = plan < _DISCOUNTED_AND_TAXED or (_TAXED <= plan < _DISCOUNTED)
     if not taxed and not discounted:
-        return RenderedLine(
-            item.description, department, quantity, _cents(item.unit_price), 0, 0, 0, 0, total
-        )
+        return RenderedLine(name, department, quantity, _cents(item.unit_price), 0, 0, 0, 0, total)
     # About a tenth of the gross price, in whole rupees.
     discount = (taxable // 9) // 100 * 100 if discounted else 0
     units = int(quantity)
@@ -157,9 +170,7 @@ def render_line(invoice_id: str, index: int, item: SandboxItem, inter_state: boo
     discount += (-(taxable + discount)) % units
     rate = (taxable + discount) // units
     cgst, sgst, igst = _gst(taxable, inter_state) if taxed else (0, 0, 0)
-    return RenderedLine(
-        item.description, department, quantity, rate, discount, cgst, sgst, igst, total
-    )
+    return RenderedLine(name, department, quantity, rate, discount, cgst, sgst, igst, total)
 
 
 def is_inter_state(invoice: SandboxInvoice) -> bool:
@@ -297,6 +308,7 @@ class BioEckoDialect(Dialect):
         "unknown_status",
         "invoice_total_mismatch",
         "unregistered_policy",
+        "non_clinical_line",
     )
     # A policy unknown to the registry only shows with a registry check, as for MediTrak.
     default_defects: ClassVar[tuple[str, ...]] = tuple(

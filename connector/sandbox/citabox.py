@@ -4,7 +4,8 @@
 CitaBox invoices are flat (one free-text Spanish service, integer CRC cents), so the truth is
 collapsed to one item per invoice when the dialect is built: quantity 1 x the invoice total,
 categorised as its first generated item and described in Spanish. Truth and connector then
-agree to the cent. Invoices added later by the admin routes keep their items; they are
+agree to the cent; an invoice with a fee line (`non_clinical_line`) is that fee alone, worded in
+Spanish (`SPANISH_FEES`). Invoices added later by the admin routes keep their items; they are
 rendered as their sum under the first item's Spanish description.
 
 By default the login belongs to two clinics and every invoice is the first one's. With
@@ -32,7 +33,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from aiohttp import web
 
-from ._dataset import Dataset, SandboxInvoice, SandboxItem
+from ._dataset import Dataset, SandboxInvoice, SandboxItem, fee_wording
 from ._dialect import Dialect, json_response, money
 
 CLINIC_ZONE = ZoneInfo("America/Costa_Rica")
@@ -125,14 +126,26 @@ SPANISH_SERVICES: dict[str, tuple[str, ...]] = {
     ),
     "optical": ("Examen de la vista", "Anteojos", "Lentes de contacto"),
 }
-# The `unknown_category` defect: a service no category rule should claim.
-UNCATEGORISABLE_SERVICE = "Cargo administrativo por trámite de expediente"
+# Fee lines (`non_clinical_line`) as a Costa Rican clinic words them. CitaBox bills one service
+# per invoice, so a fee is an invoice of its own.
+SPANISH_FEES: dict[str, tuple[str, ...]] = {
+    "cancellation": ("Cargo por cancelación tardía de cita", "Cancelación de cita sin aviso"),
+    "missed_appointment": ("Cita no asistida", "Cargo por inasistencia"),
+    "surcharge": ("Recargo por pago con tarjeta", "Recargo por atención fuera de horario"),
+    "gift_voucher": ("Certificado de regalo", "Tarjeta de regalo"),
+    "admin": ("Gastos administrativos", "Trámite de reintegro de seguro"),
+    "report_writing": ("Elaboración de informe médico", "Dictamen médico"),
+}
+# The `unknown_category` defect: a service neither a category rule nor a non-clinical rule
+# should claim.
+UNCATEGORISABLE_SERVICE = "Servicio no especificado"
 
 CITABOX_DEFECTS: tuple[str, ...] = (
     "unknown_category",
     "three_decimal_amount",
     "bad_date",
     "unknown_status",
+    "non_clinical_line",
 )
 _METHODS = ("SINPE_MOVIL", "TARJETA", "EFECTIVO", "TRANSFERENCIA")
 _HUNDRED = Decimal(100)
@@ -152,22 +165,29 @@ def vendor_uuid(kind: str, key: str) -> str:
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
 
-def spanish_service(invoice_id: str, category: str) -> str:
-    choices = SPANISH_SERVICES[category]
+def spanish_service(invoice_id: str, item: SandboxItem) -> str:
+    if item.fee is not None:
+        return fee_wording(SPANISH_FEES[item.fee], invoice_id)
+    choices = SPANISH_SERVICES[item.category]
     return choices[_stable(invoice_id, "service") % len(choices)]
 
 
 def collapse_to_one_service(dataset: Dataset) -> None:
-    """Make every truth invoice the single service CitaBox can express (see module doc)."""
+    """Make every truth invoice the single service CitaBox can express (see module doc); an
+    invoice with a fee line bills only the fee."""
     with dataset.lock:
         for invoice in dataset.invoices:
+            fees = [item for item in invoice.items if item.fee is not None]
+            if fees:
+                invoice.items = fees[:1]
+                continue
             if not invoice.items:
                 continue
             category = invoice.items[0].category
             invoice.items = [
                 SandboxItem(
                     category=category,
-                    description=spanish_service(invoice.id, category),
+                    description=spanish_service(invoice.id, invoice.items[0]),
                     quantity=Decimal(1),
                     unit_price=invoice.total,
                 )
@@ -365,7 +385,7 @@ class CitaBoxDialect(Dialect):
         if defect == "unknown_category":
             service = UNCATEGORISABLE_SERVICE
         elif invoice.items:
-            service = spanish_service(invoice.id, invoice.items[0].category)
+            service = spanish_service(invoice.id, invoice.items[0])
         amount: Any = total
         if defect == "three_decimal_amount":
             # Half a céntimo: CitaBox amounts must be whole cents.
@@ -426,7 +446,7 @@ class CitaBoxDialect(Dialect):
             invoice.status,
             invoice.defect,
             invoice.patient_name,
-            tuple((i.category, i.quantity, i.unit_price) for i in invoice.items),
+            tuple((i.category, i.fee, i.quantity, i.unit_price) for i in invoice.items),
         )
         known = self._fragments.get(invoice.id)
         if known is not None and known[0] == basis:

@@ -37,6 +37,7 @@ from ._dataset import (
     UNCATEGORISABLE_DESCRIPTION,
     Dataset,
     SandboxInvoice,
+    fee_wording,
     item_total,
 )
 from ._dialect import Dialect, ListShape, json_response, money, parse_int
@@ -56,6 +57,16 @@ CATEGORY_WORDS: dict[str, str] = {
     "optical": "OPTICAL",
 }
 UNKNOWN_CATEGORY_WORD = "MISC"
+# Fee lines (`non_clinical_line`): the vendor's category word for the charge (none of the ten,
+# and in no source map) and the names clinics give it.
+INVOICE_API_FEES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cancellation": ("FEE", ("Late cancellation fee", "Cancellation fee (less than 24h notice)")),
+    "missed_appointment": ("FEE", ("No-show fee", "Missed appointment")),
+    "surcharge": ("SURCHARGE", ("Card processing surcharge", "Weekend surcharge")),
+    "gift_voucher": ("VOUCHER", ("Gift voucher", "Gift card")),
+    "admin": ("ADMIN", ("Administration fee", "Paperwork fee")),
+    "report_writing": ("ADMIN", ("Medical report writing", "Insurance report")),
+}
 UNKNOWN_STATUS_WORD = "REFUNDED"
 STATUS_WORDS: tuple[str, ...] = ("DRAFT", "ISSUED", "PARTIALY_PAID", "PAID", "VOID", "WRITTEN_OFF")
 ORDER_FIELDS: tuple[str, ...] = ("created_at", "issue_date", "updated_at", "reg_number")
@@ -147,8 +158,11 @@ class _Lines:
                 markup = max(_CENT, _cents(price / 10))
                 price += markup
                 line_discount = _cents(quantity * markup)
-            category = CATEGORY_WORDS[item.category]
-            name = item.description
+            if item.fee is not None:
+                category, wordings = INVOICE_API_FEES[item.fee]
+                name = fee_wording(wordings, invoice.id)
+            else:
+                category, name = CATEGORY_WORDS[item.category], item.description
             if index == 0 and invoice.defect == "unknown_category":
                 category = UNKNOWN_CATEGORY_WORD
                 name = UNCATEGORISABLE_DESCRIPTION

@@ -22,6 +22,19 @@ MEDITRAK_DEFAULT_DEFECTS: tuple[str, ...] = tuple(
     kind for kind in EXPECTED_REASON if kind != "unregistered_policy"
 )
 
+# What a system speaking the MediTrak contract sends as the category of a fee line: MediTrak has
+# no category for it, so the vendor's own word for the charge, which is none of the ten. The
+# connector does not guess for these sources (their category word is the vendor's decision):
+# the line is CATEGORY_UNMAPPED (docs/sources.md, "Sandbox seeded defects").
+MEDITRAK_FEE_WORDS: dict[str, str] = {
+    "cancellation": "fee",
+    "missed_appointment": "fee",
+    "surcharge": "surcharge",
+    "gift_voucher": "voucher",
+    "admin": "admin",
+    "report_writing": "admin",
+}
+
 _TEN = Decimal("10.00")
 _FIVE = Decimal("5.00")
 _HALF_CENT = Decimal("0.005")
@@ -37,7 +50,7 @@ def render_items(invoice: SandboxInvoice) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for index, item in enumerate(invoice.items):
         total = item_total(item)
-        category = item.category
+        category = item.category if item.fee is None else MEDITRAK_FEE_WORDS[item.fee]
         if index == 0:
             if defect == "unknown_category":
                 category = "miscellaneous"

@@ -26,7 +26,8 @@ How the truth is rendered (choices of this sandbox where Splose documents nothin
 - Dates come in all three documented forms across records; `updatedAt` keeps whole seconds.
 - Defects: `total` + $0.005 (MONEY_PRECISION) or + $5.00 (INVOICE_TOTAL_MISMATCH), no items,
   null `invoiceNumber`, issueDate "30/07/2025", status "Written Off", an unknown item code, an
-  unregistered policy. Splose items carry no line total, so `item_total_mismatch` cannot exist.
+  unregistered policy, a fee line (`SPLOSE_FEES`: its own code and wording, GST-free). Splose
+  items carry no line total, so `item_total_mismatch` cannot exist.
 - Errors are `{"error", "message"}` bodies (Splose documents only the status codes).
 """
 
@@ -52,6 +53,7 @@ from ._dataset import (
     Dataset,
     SandboxInvoice,
     SandboxItem,
+    fee_wording,
 )
 from ._dialect import Dialect, ListShape, json_response, money, parse_iso_datetime
 
@@ -97,6 +99,22 @@ _CODES = _item_codes()
 # Item code → MediTrak category, for tests that categorise Splose lines like a rules table.
 ITEM_CODES: dict[int, str] = {code: category for (category, _), code in _CODES.items()}
 
+# Fee lines (`non_clinical_line`), as an Australian allied-health practice words them: item
+# code, Splose item type and the wordings. Cancellations and no-shows are billed against the
+# appointment, so they carry its date and time as Splose's appointment lines do.
+SPLOSE_FEES: dict[str, tuple[int, str, tuple[str, ...]]] = {
+    "cancellation": (90001, "appointment", ("Late Cancellation Fee", "Cancellation < 24hrs")),
+    "missed_appointment": (
+        90002,
+        "appointment",
+        ("Missed Appointment Fee", "Failure to Attend Fee", "DNA - Did Not Attend"),
+    ),
+    "surcharge": (90003, "service", ("Credit Card Surcharge", "Card Payment Surcharge 1.9%")),
+    "gift_voucher": (90004, "product", ("Gift Voucher", "Gift Certificate")),
+    "admin": (90005, "service", ("Admin Fee", "Account Keeping Fee")),
+    "report_writing": (90006, "service", ("Report Writing", "NDIS Progress Report")),
+}
+
 
 def _cents(value: Decimal) -> Decimal:
     return value.quantize(_CENT, rounding=ROUND_HALF_UP)
@@ -110,6 +128,15 @@ def _ex_tax_amount(total: Decimal, rate: Decimal) -> Decimal | None:
         if amount >= 0 and amount + _cents(amount * rate / _HUNDRED) == total:
             return amount
     return None
+
+
+def _type_and_rate(category: str) -> tuple[str, Decimal]:
+    """Splose's item type for a truth category, and its GST rate in percent."""
+    if category in _PRODUCT_CATEGORIES:
+        return "product", _GST
+    if category in _APPOINTMENT_CATEGORIES:
+        return "appointment", Decimal(0)
+    return "service", Decimal(0)
 
 
 def _error(
@@ -229,15 +256,18 @@ class SploseDialect(Dialect):
     ) -> tuple[dict[str, Any], Decimal, Decimal]:
         """(item row, ex-tax amount after discount, tax) for one truth item."""
         total = (item.quantity * item.unit_price).quantize(_CENT)
-        code = _CODES[(item.category, item.description)]
-        if index == 0 and invoice.defect == "unknown_category":
-            code = UNKNOWN_ITEM_CODE
-        if item.category in _PRODUCT_CATEGORIES:
-            kind, rate = "product", _GST
-        elif item.category in _APPOINTMENT_CATEGORIES:
-            kind, rate = "appointment", Decimal(0)
+        if item.fee is not None:
+            code, kind, wordings = SPLOSE_FEES[item.fee]
+            description = fee_wording(wordings, invoice.id)
+            if kind == "appointment":
+                description = f"{invoice.invoice_date:%a %d %b %Y}, 09:00am - {description}"
+            # Charges of a health practice stay GST-free.
+            rate = Decimal(0)
         else:
-            kind, rate = "service", Decimal(0)
+            code, description = _CODES[(item.category, item.description)], item.description
+            kind, rate = _type_and_rate(item.category)
+        if index == 0 and invoice.defect == "unknown_category":
+            code, description = UNKNOWN_ITEM_CODE, UNCATEGORISABLE_DESCRIPTION
         quantity, unit_price, discount = item.quantity, item.unit_price, Decimal("0.00")
         variant = (number + index) % 6
         tax = Decimal("0.00")
@@ -269,11 +299,7 @@ class SploseDialect(Dialect):
             "type": kind,
             "typeId": code % 1000,
             "code": code,
-            "description": (
-                UNCATEGORISABLE_DESCRIPTION
-                if index == 0 and invoice.defect == "unknown_category"
-                else item.description
-            ),
+            "description": description,
             "unitPrice": money(unit_price),
             "quantity": money(quantity),
             "discount": f"${discount:.2f}" if (discount or index % 2 == 0) else None,

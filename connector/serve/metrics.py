@@ -93,6 +93,23 @@ class ObservedRequests:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
+        # Route templates of plain Starlette routes (the OpenAPI document's), by endpoint.
+        self._plain_routes: dict[Any, str] = {}
+
+    def _template(self, scope: Any) -> str:
+        """The matched route's template. FastAPI's routes put themselves in the scope; a
+        plain Starlette route (FastAPI's /openapi.json) leaves only its endpoint there."""
+        path = getattr(scope.get("route"), "path", None)
+        if path:
+            return str(path)
+        endpoint = scope.get("endpoint")
+        if endpoint is None:
+            return "unmatched"
+        if endpoint not in self._plain_routes:
+            routes = getattr(scope.get("app"), "routes", ())
+            found = [r.path for r in routes if getattr(r, "endpoint", None) is endpoint]
+            self._plain_routes[endpoint] = found[0] if found else "unmatched"
+        return self._plain_routes[endpoint]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -111,7 +128,7 @@ class ObservedRequests:
             await self.app(scope, receive, observed_send)
         finally:
             elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = self._template(scope)
             labels = (route, scope["method"], str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(elapsed)

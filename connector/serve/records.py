@@ -3,16 +3,18 @@ served extras `source`, `updated_at` and `source_updated_at`), and the models th
 the record, the list envelope and the error body in the OpenAPI document.
 
 Answers are rendered straight to JSON bytes with orjson: money as numbers with exactly two
-decimals (1250.00 stays 1250.00, which a float would spell 1250.0), dates as YYYY-MM-DD.
+decimals (1250.00 stays 1250.00, which a float would spell 1250.0), dates as YYYY-MM-DD. The
+store hands money, dates and times over as text (`connector.store.serving`); the common
+spellings are served as they are and anything else goes through Decimal or datetime.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-import orjson
+from orjson import Fragment
 from pydantic import BaseModel, Field
 
 from connector.model import CENT, plain_quantity
@@ -32,12 +34,55 @@ def split_id(invoice_id: str) -> tuple[str, str] | None:
     return (source, source_id) if separator and source and source_id else None
 
 
-def _money(value: Decimal) -> orjson.Fragment:
-    return orjson.Fragment(str(value.quantize(CENT, rounding=ROUND_HALF_UP)))
+# The spellings the store hands over in the common case are served as they are, after a
+# check of their shape cheaper than a regular expression; anything else (SQLite text written
+# with more or fewer decimals, an exponent) goes through Decimal or datetime.
 
 
-def _quantity(value: Decimal) -> orjson.Fragment:
-    return orjson.Fragment(format(plain_quantity(value), "f"))
+def _plain_number(text: str) -> bool:
+    """A JSON number without exponent: optional minus, ASCII digits without a leading zero
+    (but 0 itself), optionally a dot and ASCII digits."""
+    unsigned = text[1:] if text[:1] == "-" else text
+    whole, dot, fraction = unsigned.partition(".")
+    return (
+        whole.isascii()
+        and whole.isdigit()
+        and (whole[0] != "0" or len(whole) == 1)
+        and (not dot or (fraction.isascii() and fraction.isdigit()))
+    )
+
+
+def money_text(value: str | Decimal) -> str:
+    """Exactly two decimals, rounded half up (1250 and 1250.0 are 1250.00)."""
+    if isinstance(value, str) and value[-3:-2] == "." and _plain_number(value):
+        return value
+    return str(Decimal(value).quantize(CENT, rounding=ROUND_HALF_UP))
+
+
+def quantity_text(value: str | Decimal) -> str:
+    """A quantity in its plain spelling (1.500000 is 1.5, 2.000000 is 2: `plain_quantity`)."""
+    if isinstance(value, str) and _plain_number(value):
+        return value.rstrip("0").rstrip(".") if "." in value else value
+    return format(plain_quantity(Decimal(value)), "f")
+
+
+def date_text(value: str | date) -> str:
+    if isinstance(value, str) and len(value) == 10 and value[4] == "-" and value[7] == "-":
+        return value
+    return (value if isinstance(value, date) else date.fromisoformat(value)).isoformat()
+
+
+def moment_text(value: str | datetime) -> str:
+    """A stored UTC time as `iso_utc` spells it, from either backend's text: PostgreSQL's
+    is already that; SQLite's is "YYYY-MM-DD HH:MM:SS.ffffff" (naive UTC)."""
+    if isinstance(value, str):
+        if len(value) == 27 and value[10] == "T" and value[-1] == "Z":
+            return value
+        if len(value) == 26 and value[10] == " " and value[19] == ".":
+            return f"{value[:10]}T{value[11:]}Z"
+        moment = datetime.fromisoformat(value)
+        value = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    return iso_utc(value)
 
 
 def iso_utc(moment: datetime) -> str:
@@ -46,30 +91,44 @@ def iso_utc(moment: datetime) -> str:
 
 
 def record(served: ServedInvoice) -> dict[str, Any]:
-    """One import record, ready for orjson."""
-    row = served.row
+    """One import record, ready for orjson (money and quantities as number fragments, so
+    that 1250.00 keeps its decimals)."""
+    (
+        source,
+        source_id,
+        invoice_number,
+        invoice_date,
+        total_amount,
+        currency,
+        status,
+        facility,
+        patient_name,
+        policy_number,
+        source_updated_at,
+        written_at,
+    ) = served.row
     return {
-        "id": served_id(row.source, row.source_id),
-        "source": row.source,
-        "invoice_number": row.invoice_number,
-        "invoice_date": row.invoice_date.isoformat(),
-        "total_amount": _money(row.total_amount),
-        "currency": row.currency,
-        "status": row.status,
-        "facility": row.facility,
-        "patient": {"name": row.patient_name, "policy_number": row.policy_number},
+        "id": f"{source}{ID_SEPARATOR}{source_id}",
+        "source": source,
+        "invoice_number": invoice_number,
+        "invoice_date": date_text(invoice_date),
+        "total_amount": Fragment(money_text(total_amount)),
+        "currency": currency,
+        "status": status,
+        "facility": facility,
+        "patient": {"name": patient_name, "policy_number": policy_number},
         "items": [
             {
-                "category": item.category,
-                "description": item.description,
-                "quantity": _quantity(item.quantity),
-                "unit_price": _money(item.unit_price),
-                "total": _money(item.total),
+                "category": category,
+                "description": description,
+                "quantity": Fragment(quantity_text(quantity)),
+                "unit_price": Fragment(money_text(unit_price)),
+                "total": Fragment(money_text(total)),
             }
-            for item in served.items
+            for category, description, quantity, unit_price, total in served.items
         ],
-        "updated_at": iso_utc(row.written_at),
-        "source_updated_at": iso_utc(row.source_updated_at) if row.source_updated_at else None,
+        "updated_at": moment_text(written_at),
+        "source_updated_at": moment_text(source_updated_at) if source_updated_at else None,
     }
 
 

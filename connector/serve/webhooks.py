@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -141,8 +142,14 @@ class WebhookService:
         if start_worker:
             self.worker.start()
 
-    def close(self) -> None:
-        self.worker.stop()
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the worker, waiting up to `timeout` s for the round under way to finish
+        (what it stored is committed; an event it had not finished stays pending and is
+        taken up again after a restart), then close the store."""
+        started = time.monotonic()
+        self.worker.stop(timeout)
+        if time.monotonic() - started >= timeout:
+            log.warning("webhook.worker_cut_off", waited_s=round(timeout, 1))
         self.store.close()
 
     def _router(self) -> APIRouter:

@@ -72,6 +72,11 @@ class Adapter(ABC):
         """Whether incremental runs can ask the vendor for changes only (config may decide)."""
         return self.supports_since
 
+    @classmethod
+    def narrows_by_date(cls, config: SourceConfig) -> bool:
+        """Whether this source can ask its vendor for a date range (config may decide)."""
+        return cls.supports_date_window
+
     def __init__(self, config: SourceConfig, client: SourceClient) -> None:
         self.config = config
         self.client = client

@@ -54,6 +54,7 @@ from connector.sources.tls import (
 from connector.sources.tls import (
     verified_tls_context as verified_tls_context,
 )
+from connector.sources.urls import joined_url
 
 log = structlog.get_logger("connector.sources.http")
 
@@ -101,16 +102,21 @@ OVERLOAD_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# `SourceClient.on_rate_wait`: told (seconds, requests per minute) before a request waits.
+RateWaitHook = Callable[[float, int], None]
+
+
 class SlidingWindowLimiter:
     """At most `limit` request starts in any `window` seconds: exact, never a burst over."""
 
     def __init__(self, limit: int, window: float = 60.0) -> None:
         self.limit = limit
         self.window = window
+        self.per_minute = round(limit * 60 / window)  # as told to `on_wait`
         self._starts: deque[float] = deque()
         self._lock = asyncio.Lock()
 
-    async def acquire(self) -> None:
+    async def acquire(self, on_wait: RateWaitHook | None = None) -> None:
         async with self._lock:
             while True:
                 now = time.monotonic()
@@ -119,7 +125,10 @@ class SlidingWindowLimiter:
                 if len(self._starts) < self.limit:
                     self._starts.append(now)
                     return
-                await asyncio.sleep(self.window - (now - self._starts[0]) + 0.001)
+                wait = self.window - (now - self._starts[0]) + 0.001
+                if on_wait is not None:
+                    on_wait(wait, self.per_minute)
+                await asyncio.sleep(wait)
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
@@ -223,11 +232,13 @@ class SourceClient:
             minimum=settings.min_concurrency,
             adaptive=settings.adaptive_concurrency,
         )
-        self._limiter = (
-            SlidingWindowLimiter(settings.requests_per_minute, 60.0 + RATE_WINDOW_MARGIN_S)
-            if settings.requests_per_minute
-            else None
-        )
+        self._limiter: SlidingWindowLimiter | None = None
+        if rate := settings.requests_per_minute:
+            self._limiter = SlidingWindowLimiter(rate, 60.0 + RATE_WINDOW_MARGIN_S)
+            # `on_rate_wait` is told the setting, not the rounding of its widened window.
+            self._limiter.per_minute = rate
+        # Called before a request waits on the rate limit, so a caller can say why nothing moves.
+        self.on_rate_wait: RateWaitHook | None = None
         self.stats = RequestStats()
         self._retry_policy = RetryPolicy(
             settings, describe=describe_failure, on_retry=self._count_and_log_retry
@@ -255,6 +266,11 @@ class SourceClient:
         )
         # httpx's `cookies` setter copies into a plain jar, so the cheaper one is set directly.
         self._client._cookies = _SetCookieCookies(self._client.cookies)
+
+    def limit_rate(self, per_window: int, window_s: float) -> None:
+        """At most `per_window` request starts in any `window_s` seconds, in place of the
+        `http.requests_per_minute` window (a test shortens the minute to seconds)."""
+        self._limiter = SlidingWindowLimiter(per_window, window_s)
 
     @property
     def base_url(self) -> httpx.URL:
@@ -359,7 +375,7 @@ class SourceClient:
             # Stamped inside the concurrency bound, i.e. when the request really leaves: a
             # burst queued behind the bound must not count as sent before it is.
             if self._limiter is not None:
-                await self._limiter.acquire()
+                await self._limiter.acquire(self.on_rate_wait)
             stats.requests += 1
             stats.in_flight += 1
             stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
@@ -402,7 +418,7 @@ class SourceClient:
             async with (
                 self._slot(timed=True, retry=_retry) as answer,
                 self.deadline(),
-                self._client.stream(method, url, **kwargs) as response,
+                self._client.stream(method, joined_url(self.base_url, url), **kwargs) as response,
             ):
                 answer.status = response.status_code
                 body = await self.read_body(response)

@@ -11,7 +11,7 @@ Quarantined records are never listed, even when an older accepted version is sti
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -22,13 +22,16 @@ from sqlalchemy import (
     ColumnElement,
     Engine,
     Select,
+    String,
     and_,
     bindparam,
+    cast,
     create_engine,
     exists,
     func,
     select,
     text,
+    type_coerce,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -41,28 +44,58 @@ from connector.store.schema import invoice, invoice_item, quarantine
 VOID = "void"
 
 # What a served record needs of an invoice row (not the content hash or run bookkeeping).
-_INVOICE_COLUMNS = (
-    invoice.c.source,
-    invoice.c.source_id,
-    invoice.c.invoice_number,
-    invoice.c.invoice_date,
-    invoice.c.total_amount,
-    invoice.c.currency,
-    invoice.c.status,
-    invoice.c.facility,
-    invoice.c.patient_name,
-    invoice.c.policy_number,
-    invoice.c.source_updated_at,
-    invoice.c.written_at,
+# Money, dates and times are read as text in the served spelling where the database can
+# spell it (`_served_columns`): turning each column into a Decimal, date or datetime and
+# back into text was most of a list page's cost (docs/performance.md).
+_MONEY, _DATE, _MOMENT = "money", "date", "moment"
+_INVOICE_COLUMNS: tuple[tuple[Any, str | None], ...] = (
+    (invoice.c.source, None),
+    (invoice.c.source_id, None),
+    (invoice.c.invoice_number, None),
+    (invoice.c.invoice_date, _DATE),
+    (invoice.c.total_amount, _MONEY),
+    (invoice.c.currency, None),
+    (invoice.c.status, None),
+    (invoice.c.facility, None),
+    (invoice.c.patient_name, None),
+    (invoice.c.policy_number, None),
+    (invoice.c.source_updated_at, _MOMENT),
+    (invoice.c.written_at, _MOMENT),
 )
-_ITEM_COLUMNS = (
-    invoice_item.c.line_no,
-    invoice_item.c.category,
-    invoice_item.c.description,
-    invoice_item.c.quantity,
-    invoice_item.c.unit_price,
-    invoice_item.c.total,
+# In line order (by line_no), which a served item leaves out.
+_ITEM_COLUMNS: tuple[tuple[Any, str | None], ...] = (
+    (invoice_item.c.category, None),
+    (invoice_item.c.description, None),
+    (invoice_item.c.quantity, _MONEY),
+    (invoice_item.c.unit_price, _MONEY),
+    (invoice_item.c.total, _MONEY),
 )
+
+
+def _as_text(column: Any, kind: str | None, dialect: str) -> Any:
+    """The column as the text a served record spells it in, as far as the database can.
+
+    PostgreSQL: NUMERIC as its own text (always `scale` decimals), dates as YYYY-MM-DD and
+    times as UTC ISO with microseconds and a Z, whatever the session's DateStyle or zone.
+    SQLite: the stored text as is (decimal text, YYYY-MM-DD, "YYYY-MM-DD HH:MM:SS.ffffff"
+    naive UTC); `connector.serve.records` finishes the spelling and checks its shape."""
+    if kind is None:
+        return column
+    expression: ColumnElement[Any]
+    if dialect == "postgresql":
+        if kind == _MONEY:
+            expression = cast(column, String)
+        elif kind == _DATE:
+            expression = func.to_char(column, "YYYY-MM-DD")
+        else:
+            expression = func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    else:
+        expression = type_coerce(column, String)
+    return expression.label(column.name)
+
+
+def _served_columns(columns: tuple[tuple[Any, str | None], ...], dialect: str) -> list[Any]:
+    return [_as_text(column, kind, dialect) for column, kind in columns]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +115,9 @@ class ServeFilters:
 
 @dataclass(frozen=True, slots=True)
 class ServedInvoice:
-    """An accepted invoice row and its item rows in line order (Core rows, read as is)."""
+    """An accepted invoice and its items in line order, as rows of values in the order of
+    `_INVOICE_COLUMNS` / `_ITEM_COLUMNS` (money, dates and times as text). Positions, not
+    names: a Core row's attribute access cost ten times an index (SQLAlchemy 2.1)."""
 
     row: Any
     items: tuple[Any, ...]
@@ -162,6 +197,25 @@ class ServingReads(RunBookkeeping, Database):
             if self.dialect == "postgresql"
             else self.engine
         )
+        # A get-by-id is one statement: on PostgreSQL it runs without a transaction around
+        # it, which saves the BEGIN and ROLLBACK round trips (two of a lookup's three).
+        self.lookup_engine: Engine = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self.dialect == "postgresql"
+            else self.engine
+        )
+        self._invoice_columns = _served_columns(_INVOICE_COLUMNS, self.dialect)
+        self._item_columns = _served_columns(_ITEM_COLUMNS, self.dialect)
+        # Get-by-id, built once: constructing a statement cost more than running it.
+        self._get_any = _get_query(self.dialect, include_void=True)
+        self._get_not_void = _get_query(self.dialect, include_void=False)
+
+    @property
+    def local(self) -> bool:
+        """Whether a read is a local file read (SQLite) rather than a network round trip:
+        the server runs a get-by-id of a local store on its event loop, as a thread pool
+        hop cost more than the read (docs/serving.md)."""
+        return self.dialect == "sqlite"
 
     def ping(self) -> None:
         """One round trip to the database (for /healthz); raises StoreError when it fails."""
@@ -180,72 +234,87 @@ class ServingReads(RunBookkeeping, Database):
         """One page in key order: after `after` when given (keyset), else from `offset`; with
         the number of invoices the filters match (unless `count` is false: a keyset page
         costs what its rows cost, a count costs the whole filtered set), all read in one
-        snapshot."""
+        snapshot. Each page query brings its invoices' items along (one outer join)."""
         where = _conditions(filters)
-        base: Select[Any] = select(*_INVOICE_COLUMNS).where(*where)
+        base: Select[Any] = select(*self._invoice_columns).where(*where)
         order = (invoice.c.source, invoice.c.source_id)
         count_query = select(func.count()).select_from(invoice).where(*where)
         with _reading(), self.read_engine.connect() as conn:
             if after is None:
                 query = base.order_by(*order).limit(limit + 1)
-                rows = list(conn.execute(query.offset(offset) if offset else query).all())
+                found = self._with_items(conn, query.offset(offset) if offset else query)
             else:
                 # The rest of the cursor's source, then the sources after it: two range scans
                 # of the primary key index. One `(source, source_id) > (...)` condition is
                 # answered by SQLite scanning the source from its start (late pages of a big
                 # source cost more and more).
                 source, source_id = after
-                rows = list(
-                    conn.execute(
-                        base.where(invoice.c.source == source, invoice.c.source_id > source_id)
-                        .order_by(*order)
-                        .limit(limit + 1)
-                    ).all()
+                found = self._with_items(
+                    conn,
+                    base.where(invoice.c.source == source, invoice.c.source_id > source_id)
+                    .order_by(*order)
+                    .limit(limit + 1),
                 )
-                if len(rows) <= limit:
-                    rows += conn.execute(
+                if len(found) <= limit:
+                    found += self._with_items(
+                        conn,
                         base.where(invoice.c.source > source)
                         .order_by(*order)
-                        .limit(limit + 1 - len(rows))
-                    ).all()
+                        .limit(limit + 1 - len(found)),
+                    )
             total = int(conn.execute(count_query).scalar_one()) if count else None
-            more = len(rows) > limit
-            rows = rows[:limit]
-            items = self._items(conn, rows)
-        served = [ServedInvoice(r, items.get((r.source, r.source_id), ())) for r in rows]
-        last = (rows[-1].source, rows[-1].source_id) if more and rows else None
+        more = len(found) > limit
+        served = found[:limit]
+        last = (served[-1].row[0], served[-1].row[1]) if more and served else None
         return ServedPage(served, total, last)
 
-    def _items(self, conn: Any, rows: Sequence[Any]) -> dict[tuple[str, str], tuple[Any, ...]]:
-        by_source: dict[str, list[str]] = {}
-        for r in rows:
-            by_source.setdefault(r.source, []).append(r.source_id)
-        found: dict[tuple[str, str], list[Any]] = {}
-        for source, ids in by_source.items():
-            query = (
-                select(invoice_item.c.source_id, *_ITEM_COLUMNS)
-                .where(invoice_item.c.source == source, invoice_item.c.source_id.in_(ids))
-                .order_by(invoice_item.c.source_id, invoice_item.c.line_no)
+    def _with_items(self, conn: Any, page: Select[Any]) -> list[ServedInvoice]:
+        """The invoices of `page` (ordered and limited) with their items, in one query: one
+        row per item (invoice columns repeated), or one with NULL item columns."""
+        chosen = page.subquery("page")
+        joined = (
+            select(*chosen.c, *self._item_columns)
+            .select_from(
+                chosen.outerjoin(
+                    invoice_item,
+                    and_(
+                        invoice_item.c.source == chosen.c.source,
+                        invoice_item.c.source_id == chosen.c.source_id,
+                    ),
+                )
             )
-            for item in conn.execute(query).all():  # fetchall: a third of fetchone's cost
-                found.setdefault((source, item.source_id), []).append(item)
-        return {key: tuple(values) for key, values in found.items()}
+            .order_by(chosen.c.source, chosen.c.source_id, invoice_item.c.line_no)
+        )
+        split = len(_INVOICE_COLUMNS)
+        served: list[ServedInvoice] = []
+        key: tuple[str, str] | None = None
+        items: list[Any] = []
+        for row in conn.execute(joined).all():  # fetchall: a third of fetchone's cost
+            if (row[0], row[1]) != key:
+                key = (row[0], row[1])
+                items = []
+                served.append(ServedInvoice(row[:split], items))  # type: ignore[arg-type]
+            if row[split] is not None:
+                items.append(row[split:])
+        return served
 
     def get_invoice(
         self, source: str, source_id: str, *, include_void: bool = False
     ) -> ServedInvoice | None:
         """One accepted, not quarantined invoice with its items (one query), or None."""
-        query = _GET_ANY if include_void else _GET_NOT_VOID
-        with _reading(), self.engine.connect() as conn:
+        query = self._get_any if include_void else self._get_not_void
+        with _reading(), self.lookup_engine.connect() as conn:
             rows = conn.execute(query, {"source": source, "source_id": source_id}).all()
         if not rows:
             return None
-        items = tuple(r for r in rows if r.line_no is not None)
-        return ServedInvoice(rows[0], items)
+        # An invoice without items is one row whose item columns are NULL (outer join).
+        split = len(_INVOICE_COLUMNS)
+        items = tuple(r[split:] for r in rows if r[split] is not None)
+        return ServedInvoice(rows[0][:split], items)
 
 
-def _get_query(*, include_void: bool) -> Select[Any]:
-    """Get-by-id, built once: constructing a statement cost more than running it."""
+def _get_query(dialect: str, *, include_void: bool) -> Select[Any]:
+    """Get-by-id: an invoice joined with its items, in line order."""
     conditions = [
         invoice.c.source == bindparam("source"),
         invoice.c.source_id == bindparam("source_id"),
@@ -254,7 +323,9 @@ def _get_query(*, include_void: bool) -> Select[Any]:
     if not include_void:
         conditions.append(invoice.c.status != VOID)
     return (
-        select(*_INVOICE_COLUMNS, *_ITEM_COLUMNS)
+        select(
+            *_served_columns(_INVOICE_COLUMNS, dialect), *_served_columns(_ITEM_COLUMNS, dialect)
+        )
         .select_from(
             invoice.outerjoin(
                 invoice_item,
@@ -267,7 +338,3 @@ def _get_query(*, include_void: bool) -> Select[Any]:
         .where(*conditions)
         .order_by(invoice_item.c.line_no)
     )
-
-
-_GET_ANY = _get_query(include_void=True)
-_GET_NOT_VOID = _get_query(include_void=False)

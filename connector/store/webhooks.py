@@ -4,17 +4,19 @@ cannot be reached, and marked done once their invoice went through the normal st
 
 Recording is an insert that does nothing on a known `(source, webhook_id)` (SQLite's and
 PostgreSQL's ON CONFLICT DO NOTHING), so two deliveries of one event racing each other still
-store it once, and the caller learns which of them was first.
+store it once, and the caller learns which of them was first. Done events are deleted once
+they are older than the retention (`prune`): a replay of one that old is refused as stale
+long before (the timestamp tolerance is minutes), so its row no longer guards anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -23,6 +25,11 @@ from connector.store.database import Database, chunks, utcnow
 from connector.store.schema import webhook_event
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
+# Rows deleted per transaction when pruning: a first prune of a big table never holds the
+# write lock for long (a sync and new events get their turn between batches).
+PRUNE_BATCH = 1000
+# How often the worker prunes (its rounds are seconds apart).
+PRUNE_EVERY = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,7 @@ class WebhookEvents:
 
     def __init__(self, store: Database) -> None:
         self.store = store
+        self._pruned_at: datetime | None = None
 
     def record(
         self, source: str, webhook_id: str, event: str, invoice_id: str, event_at: datetime
@@ -161,6 +169,37 @@ class WebhookEvents:
                         processed_at=now,
                     )
                 )
+
+    def prune(self, retention: timedelta, *, now: datetime | None = None) -> int:
+        """Delete done events processed more than `retention` ago; returns how many. Pending
+        and failed events stay (a failed one is what an operator looks into)."""
+        cutoff = (now or utcnow()) - retention
+        old_done = (
+            select(webhook_event.c.id)
+            .where(webhook_event.c.status == DONE, webhook_event.c.processed_at < cutoff)
+            .order_by(webhook_event.c.id)
+            .limit(PRUNE_BATCH)
+        )
+        deleted = 0
+        while True:
+            with self.store.transaction() as conn:
+                ids = list(conn.execute(old_done).scalars())
+                if ids:
+                    conn.execute(delete(webhook_event).where(webhook_event.c.id.in_(ids)))
+            deleted += len(ids)
+            if len(ids) < PRUNE_BATCH:
+                return deleted
+
+    def prune_if_due(
+        self, retention: timedelta, *, now: datetime | None = None, every: timedelta = PRUNE_EVERY
+    ) -> int | None:
+        """`prune` at most once per `every` (the worker calls this each round); None when it
+        was not due yet."""
+        moment = now or utcnow()
+        if self._pruned_at is not None and moment - self._pruned_at < every:
+            return None
+        self._pruned_at = moment
+        return self.prune(retention, now=moment)
 
     def counts(self, source: str | None = None) -> dict[str, int]:
         """Events per status (pending, done, failed), of one source or all."""

@@ -27,7 +27,7 @@ from connector.errors import AuthError, ContractError
 from connector.issues import Reason
 from connector.model import to_cents
 from connector.sandbox import SandboxOptions, SandboxServer, item_total
-from connector.sandbox.bio_ecko import DEPARTMENTS, STATUS_WORDS, bio_ecko_status
+from connector.sandbox.bio_ecko import BIO_ECKO_FEES, DEPARTMENTS, STATUS_WORDS, bio_ecko_status
 from connector.sources.adapter import FetchRequest
 from tests.contract import FAST_RETRIES, AdapterContract, collect
 
@@ -561,7 +561,9 @@ def test_the_financial_summary_adds_up(sandbox: SandboxServer) -> None:
         summary = exact(client.get("billing/summary"))
     assert summary["total_outstanding"] == summary["total_billed"] - summary["total_collected"]
     assert sum(summary["collection_by_mode"].values()) == summary["total_collected"]
-    assert set(summary["revenue_by_department"]) <= {*DEPARTMENTS.values(), "Miscellaneous"}
+    fee_desks = {desk for desk, _wordings in BIO_ECKO_FEES.values()}
+    known = {*DEPARTMENTS.values(), "Miscellaneous", *fee_desks}
+    assert set(summary["revenue_by_department"]) <= known
 
 
 def test_faults_use_the_vendor_error_shape(private_sandbox: SandboxServer) -> None:
