@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 from typing import IO, Any
 
@@ -272,3 +274,39 @@ def sync_intervals(store: Store, kind: str = "sync") -> dict[str, list[tuple[dat
         assert finished is not None, f"a {kind} run of {source} never finished"
         intervals.setdefault(source, []).append((started, finished))
     return intervals
+
+
+def overlap_seconds(store: Store, source: str) -> float:
+    """Total time two sync runs of `source` were open at once, by their sync_run rows."""
+    with store.engine.connect() as conn:
+        spans = conn.execute(
+            select(sync_run.c.started_at, sync_run.c.finished_at)
+            .where(sync_run.c.source == source, sync_run.c.kind == "sync")
+            .order_by(sync_run.c.started_at)
+        ).all()
+    intervals: list[tuple[datetime, datetime]] = [(start, end) for start, end in spans]
+    assert all(end is not None for _, end in intervals)
+    overlap = 0.0
+    for (_, earlier_end), (later_start, _) in pairwise(intervals):
+        overlap += max(0.0, (earlier_end - later_start).total_seconds())
+    return overlap
+
+
+def assert_exact(store: Store, server: SandboxServer, source: str) -> tuple[int, int, Decimal]:
+    """The store holds exactly the sandbox's records of `source` (each stored or quarantined,
+    never both) and the stored money equals what the sandbox served; (stored, quarantined,
+    money)."""
+    dataset = server.dataset(source)
+    stored = store.content_hashes(source)
+    quarantined = {q.record_key for q in store.quarantine_entries(source)}
+    assert set(stored) | quarantined == set(dataset.ids())
+    assert not set(stored) & quarantined
+    money = sum((i.total_amount for i in store.iter_invoices(source)), Decimal(0))
+    expected = Decimal(0)
+    for invoice_id in stored:
+        served = dataset.get(invoice_id)
+        assert served is not None
+        expected += served.total
+    assert money == expected
+    assert_store_consistent(store)
+    return len(stored), len(quarantined), money

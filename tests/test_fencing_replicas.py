@@ -13,8 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from decimal import Decimal
-from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -23,11 +21,12 @@ from sqlalchemy.engine import make_url
 
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.store import Store
-from connector.store.schema import invoice, source_lock, sync_run
+from connector.store.schema import invoice, source_lock
 from tests.daemon_helpers import (
     ConnectorProcess,
-    assert_store_consistent,
+    assert_exact,
     connector_processes,
+    overlap_seconds,
     private_pg_database,
     seed_registry,
     terminate,
@@ -68,40 +67,6 @@ def admin_sql(url: str, statement: str, **params: object) -> object:
 
 def event_time(event: dict[str, object]) -> datetime:
     return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00"))
-
-
-def overlap_seconds(store: Store) -> float:
-    """Total time two runs of the source were open at once, by their sync_run rows."""
-    with store.engine.connect() as conn:
-        spans = conn.execute(
-            select(sync_run.c.started_at, sync_run.c.finished_at)
-            .where(sync_run.c.source == SOURCE, sync_run.c.kind == "sync")
-            .order_by(sync_run.c.started_at)
-        ).all()
-    intervals: list[tuple[datetime, datetime]] = [(start, end) for start, end in spans]
-    assert all(end is not None for _, end in intervals)
-    overlap = 0.0
-    for (_, earlier_end), (later_start, _) in pairwise(intervals):
-        overlap += max(0.0, (earlier_end - later_start).total_seconds())
-    return overlap
-
-
-def assert_exact(store: Store, server: SandboxServer) -> tuple[int, int, Decimal]:
-    dataset = server.dataset(SOURCE)
-    truth = set(dataset.ids())
-    stored = store.content_hashes(SOURCE)
-    quarantined = {q.record_key for q in store.quarantine_entries(SOURCE)}
-    assert set(stored) | quarantined == truth
-    assert not set(stored) & quarantined
-    money = sum((i.total_amount for i in store.iter_invoices(SOURCE)), Decimal(0))
-    expected = Decimal(0)
-    for invoice_id in stored:
-        served = dataset.get(invoice_id)
-        assert served is not None
-        expected += served.total
-    assert money == expected
-    assert_store_consistent(store)
-    return len(stored), len(quarantined), money
 
 
 def holder(store: Store, replicas: list[ConnectorProcess]) -> tuple[ConnectorProcess, int]:
@@ -173,7 +138,7 @@ def test_a_killed_lock_session_mid_sync_never_lets_two_replicas_overlap(
     for event in taken:
         assert event["previous_owner"].split(":")[1] == str(old.pid)
     with Store(pg_store_url, migrate=False) as store:
-        overlap = overlap_seconds(store)
+        overlap = overlap_seconds(store, SOURCE)
         assert overlap == 0.0
         (stale,) = [r for r in store.runs(SOURCE) if r.id == stale_run]
         assert stale.status == "interrupted" and stale.finished_at is not None
@@ -186,7 +151,7 @@ def test_a_killed_lock_session_mid_sync_never_lets_two_replicas_overlap(
                 .where(invoice.c.last_run_id == stale_run, invoice.c.written_at > stale.finished_at)
             ).scalar_one()
         assert late == 0
-        stored, quarantined, money = assert_exact(store, sandbox)
+        stored, quarantined, money = assert_exact(store, sandbox, SOURCE)
         runs = len([r for r in store.runs(SOURCE) if r.kind == "sync"])
     print(
         f"\nlock loss noticed {detection_s:.2f}s after pg_terminate_backend "

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
-from decimal import Decimal
-from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -21,8 +19,9 @@ from connector.store import Store
 from connector.store.schema import invoice, source_lock
 from connector.store.store import sqlite_url_for
 from tests.daemon_helpers import (
-    assert_store_consistent,
+    assert_exact,
     connector_processes,
+    overlap_seconds,
     seed_registry,
     terminate,
     wait_for,
@@ -96,13 +95,9 @@ def test_a_frozen_holder_whose_lease_ran_out_cannot_commit_when_it_wakes(
     assert codes == [143, 143]
     assert taken["previous_owner"] == owner
     with Store(url) as store:
-        runs = sorted((r for r in store.runs(SOURCE) if r.kind == "sync"), key=lambda r: r.id)
-        overlap = 0.0
-        for earlier, later in pairwise(sorted(runs, key=lambda r: r.started_at)):
-            assert earlier.finished_at is not None
-            overlap += max(0.0, (earlier.finished_at - later.started_at).total_seconds())
+        overlap = overlap_seconds(store, SOURCE)
         assert overlap == 0.0
-        (stale,) = [r for r in runs if r.id == stale_run]
+        (stale,) = [r for r in store.runs(SOURCE) if r.id == stale_run]
         assert stale.status == "interrupted" and stale.finished_at is not None
         with store.engine.connect() as conn:
             late = conn.execute(
@@ -111,16 +106,9 @@ def test_a_frozen_holder_whose_lease_ran_out_cannot_commit_when_it_wakes(
                 .where(invoice.c.last_run_id == stale_run, invoice.c.written_at > stale.finished_at)
             ).scalar_one()
         assert late == 0
-        dataset = sandbox.dataset(SOURCE)
-        stored = store.content_hashes(SOURCE)
-        quarantined = {q.record_key for q in store.quarantine_entries(SOURCE)}
-        assert set(stored) | quarantined == set(dataset.ids())
-        money = sum((i.total_amount for i in store.iter_invoices(SOURCE)), Decimal(0))
-        served = [dataset.get(i) for i in stored]
-        assert money == sum((s.total for s in served if s is not None), Decimal(0))
-        assert_store_consistent(store)
+        stored, quarantined, money = assert_exact(store, sandbox, SOURCE)
     print(
         f"\nfrozen past a 2s lease: taken over, loss noticed on waking ({lost['reason']}); "
         f"overlap {overlap}s; {len(refused)} stale write(s) refused; "
-        f"stored {len(stored)} + quarantined {len(quarantined)}, total {money}"
+        f"stored {stored} + quarantined {quarantined}, total {money}"
     )
