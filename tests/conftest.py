@@ -139,6 +139,20 @@ def sources_for(
     return sandbox_sources(server, names, **{name: dict(fields) for name in names})
 
 
+def seeded_sandbox_config(
+    server: SandboxServer, name: str, tmp: Path, **source: Any
+) -> tuple[Path, str]:
+    """A config for one sandbox dialect (rate limit out of the way) over a fresh SQLite store
+    with the sandbox's registry and patient links imported, as an operator sets up before the
+    first sync: (config path, store URL)."""
+    url = sqlite_url_for(tmp / "connector.db")
+    seed_registry(server, url)
+    http = {**FAST_HTTP, "requests_per_minute": 100_000}
+    (raw,) = sources_for(server, [name], http=http, **source)
+    config = write_config(tmp / "connector.yaml", {"store": {"url": url}, "sources": [raw]})
+    return config, url
+
+
 def run_connector(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:

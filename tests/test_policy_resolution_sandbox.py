@@ -28,7 +28,13 @@ from connector.sandbox.splose import (
 from connector.store import Store
 from connector.store.policies import import_policies
 from connector.store.store import sqlite_url_for
-from tests.conftest import FAST_HTTP, invoke_cli, seed_registry, sources_for, write_config
+from tests.conftest import (
+    FAST_HTTP,
+    invoke_cli,
+    seeded_sandbox_config,
+    sources_for,
+    write_config,
+)
 
 DIALECT = "splose"
 OLD_DEFAULT_PREFIXES = ["Medicare", "Policy", "Insurance"]
@@ -54,11 +60,7 @@ def server() -> Iterator[SandboxServer]:
 
 def synced_store(server: SandboxServer, tmp: Path, **source: Any) -> tuple[Path, str]:
     """A config and a SQLite store with the registry and links imported, after one sync."""
-    url = sqlite_url_for(tmp / "connector.db")
-    seed_registry(server, url)
-    http = {**FAST_HTTP, "requests_per_minute": 100_000}
-    (raw,) = sources_for(server, [DIALECT], http=http, **source)
-    config = write_config(tmp / "connector.yaml", {"store": {"url": url}, "sources": [raw]})
+    config, url = seeded_sandbox_config(server, DIALECT, tmp, **source)
     result = invoke_cli(config, "sync")
     assert result.exit_code == 0, result.output
     return config, url

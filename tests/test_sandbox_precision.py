@@ -20,8 +20,10 @@ from connector.sandbox._dataset import FEE_KINDS
 from connector.sandbox.meditrak import MEDITRAK_FEE_WORDS
 from connector.sandbox.splose import SploseDialect
 from connector.store import Store
-from connector.store.store import sqlite_url_for
-from tests.conftest import FAST_HTTP, invoke_cli, seed_registry, sources_for, write_config
+from tests.conftest import (
+    invoke_cli,
+    seeded_sandbox_config,
+)
 
 FEE_DEFECT = "non_clinical_line"
 # The shipped non-clinical rules the sandbox's fee wordings reach.
@@ -95,11 +97,7 @@ def server() -> Iterator[SandboxServer]:
 
 def sync_one(server: SandboxServer, name: str, tmp: Path, **source: Any) -> str:
     """The store URL after one `connector sync` of the dialect, registry and links imported."""
-    url = sqlite_url_for(tmp / "connector.db")
-    seed_registry(server, url)
-    http = {**FAST_HTTP, "requests_per_minute": 100_000}
-    (raw,) = sources_for(server, [name], http=http, **source)
-    config = write_config(tmp / "connector.yaml", {"store": {"url": url}, "sources": [raw]})
+    config, url = seeded_sandbox_config(server, name, tmp, **source)
     result = invoke_cli(config, "sync")
     assert result.exit_code == 0, result.output
     return url

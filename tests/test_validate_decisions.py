@@ -24,14 +24,18 @@ from connector.issues import Issue, Reason
 from connector.reports import render
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.sandbox.splose import SPLOSE_DEFECTS, SploseDialect, medicare_number
-from connector.store.store import sqlite_url_for
 from connector.validate.decisions import (
     DESCRIPTION_WITHHELD,
     SHARED_BY_PATIENTS,
     DescriptionFilter,
     safe_message,
 )
-from tests.conftest import FAST_HTTP, invoke_cli, seed_registry, sources_for, write_config
+from tests.conftest import (
+    FAST_HTTP,
+    invoke_cli,
+    seeded_sandbox_config,
+    write_config,
+)
 from tests.local_server import serve_app
 
 SPLOSE = "splose"
@@ -73,11 +77,7 @@ def splose() -> Iterator[SandboxServer]:
 
 
 def splose_config(server: SandboxServer, tmp: Path, **source: Any) -> Path:
-    url = sqlite_url_for(tmp / "connector.db")
-    seed_registry(server, url)
-    http = {**FAST_HTTP, "requests_per_minute": 100_000}
-    (raw,) = sources_for(server, [SPLOSE], http=http, **source)
-    return write_config(tmp / "connector.yaml", {"store": {"url": url}, "sources": [raw]})
+    return seeded_sandbox_config(server, SPLOSE, tmp, **source)[0]
 
 
 def test_validate_says_where_each_policy_came_from_and_which_candidates_disagreed(
