@@ -34,7 +34,13 @@ from connector.mapping.kit import (
     id_field,
     parse_payload,
 )
-from connector.mapping.lines import discount, invoice_discount_share, percent_of, vendor_line
+from connector.mapping.lines import (
+    allocate,
+    discount,
+    invoice_discount_share,
+    percent_of,
+    vendor_line,
+)
 from connector.mapping.types import Money, OptionalText, Quantity, Text, Timestamp, parse_decimal
 from connector.model import Invoice, InvoiceStatus, LineItem, Patient, to_cents
 
@@ -119,18 +125,6 @@ def invoice_discount(record: InvoicePayload, line_nets: Sequence[Decimal]) -> De
         base = record.subtotal if record.subtotal is not None else sum(line_nets, ZERO)
         return percent_of(base, record.discount_percent)
     return ZERO
-
-
-def allocate(amount: Decimal, weights: Sequence[Decimal]) -> list[Decimal]:
-    """`amount` split in proportion to `weights`, each share rounded to cents and the
-    remainder on the last, so the shares always sum to `amount` exactly."""
-    if not weights:
-        return []
-    whole = sum(weights, ZERO)
-    if whole <= 0:
-        return [ZERO] * (len(weights) - 1) + [amount]
-    shares = [to_cents(amount * weight / whole) for weight in weights[:-1]]
-    return [*shares, amount - sum(shares, ZERO)]
 
 
 def canonical_items(record: InvoicePayload, ctx: MappingContext) -> tuple[LineItem, ...]:

@@ -25,6 +25,7 @@ from connector.mapping.kit import MappingContext
 from connector.mapping.lines import (
     Adjustment,
     added_tax,
+    allocate,
     discount,
     invoice_discount_share,
     percent_of,
@@ -462,18 +463,6 @@ def _read_lines(raw_items: list[Any], spec: ItemsSpec, read: _Reader) -> list[_L
             )
         )
     return lines if complete else None
-
-
-def allocate(amount: Decimal, weights: Sequence[Decimal]) -> list[Decimal]:
-    """`amount` split in proportion to `weights`, each share rounded to cents and the
-    remainder on the last, so that the shares always sum to `amount` exactly."""
-    if not weights:
-        return []
-    whole = sum(weights, ZERO)
-    if whole <= 0:
-        return [ZERO] * (len(weights) - 1) + [amount]
-    shares = [to_cents(amount * weight / whole) for weight in weights[:-1]]
-    return [*shares, amount - sum(shares, ZERO)]
 
 
 def _invoice_discount(

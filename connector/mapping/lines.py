@@ -45,6 +45,20 @@ def percent_of(amount: Decimal, rate: Decimal) -> Decimal:
     return to_cents(amount * rate / _HUNDRED)
 
 
+def allocate(amount: Decimal, weights: Sequence[Decimal]) -> list[Decimal]:
+    """`amount` split in proportion to `weights` (an invoice-level discount over its lines),
+    each share rounded to cents and the remainder on the last, so that the shares always sum
+    to `amount` exactly."""
+    if not weights:
+        return []
+    zero = Decimal("0.00")
+    whole = sum(weights, zero)
+    if whole <= 0:
+        return [zero] * (len(weights) - 1) + [amount]
+    shares = [to_cents(amount * weight / whole) for weight in weights[:-1]]
+    return [*shares, amount - sum(shares, zero)]
+
+
 @dataclass(frozen=True, slots=True)
 class Adjustment:
     """One change to a line's amount, and how the folded description names it."""

@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 from connector.errors import RecordError
 from connector.issues import Reason
 from connector.mapping.kit import CategoryMatch, MappingContext, exact_category
+from connector.mapping.lines import allocate
 from connector.model import Category, Invoice, InvoiceStatus, to_cents
 from connector.pipeline.validation import validate_invoice
-from mappings.invoice_api import MAPPING, STATUS_MAP, allocate
+from mappings.invoice_api import MAPPING, STATUS_MAP
 
 ONE = Decimal(1)
 ZERO = Decimal(0)
