@@ -23,7 +23,6 @@ from connector.daemon.backfill import (
     default_progress,
 )
 from connector.daemon.backfill import parse_window as parse_window_days
-from connector.daemon.service import Daemon
 from connector.errors import ConfigError, ConnectorError
 from connector.logging import mask_patient_data, scrub_text
 from connector.pipeline.wiring import build_engine
@@ -42,6 +41,10 @@ def run() -> None:
     a 5-field cron line in UTC. SIGHUP, or saving the config file, reloads the schedules.
     With `daemon.health_port` set, GET /healthz and /metrics answer on `daemon.health_host`.
     """
+    # The daemon brings the web stack (it hosts /healthz and /metrics): loaded only for `run`,
+    # as `connector serve` does, so other commands do not pay for FastAPI at start-up.
+    from connector.daemon.service import Daemon
+
     config = load()
     with open_store(config) as store:
         code = asyncio.run(Daemon(state.config_path, config, store).run())
