@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.settings import HttpSettings
+from connector.sources import limiter
 from connector.sources.http import SourceClient
 from connector.sources.limiter import AdaptiveConcurrency
 
@@ -276,3 +278,27 @@ def test_a_retry_waits_ahead_of_fresh_requests() -> None:
         return order
 
     assert asyncio.run(run()) == ["retry", "fresh 0", "fresh 1", "fresh 2"]
+
+
+def test_a_busy_loop_does_not_lift_the_limit_past_a_vendor_that_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Our own loop saturated all the time (a busy CI machine): the rule that then holds the
+    # bandwidth-delay product must not override the vendor's 503s above K.
+    clock = iter(range(10**9))
+    monkeypatch.setattr(limiter, "loop_time", lambda: float(next(clock)))
+    monkeypatch.setattr(time, "monotonic", lambda: float(next(clock)))
+    capacity = 8
+    limit = AdaptiveConcurrency(64)
+    seen: list[int] = []
+    for _ in range(400):  # rounds: `limit` requests out, those above K refused
+        sent = limit.limit
+        limit.in_flight += sent
+        limit._busy = True
+        for number in range(sent):
+            limit.release(0.02, overloaded=number >= capacity)
+        seen.extend([limit.limit] * sent)  # per request, as the HTTP tests read it
+    settled = late_average(seen)
+    # Deterministic, so tighter than over HTTP: jumping to the saturated floor (16) after
+    # every cut averaged 9.9 here.
+    assert 0.6 * capacity <= settled <= 1.15 * capacity, (settled, seen[::40])

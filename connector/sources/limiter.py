@@ -99,6 +99,9 @@ class AdaptiveConcurrency:
         self._probe_restore: float | None = None
         self._slow_start = adaptive
         self._rates: deque[float] = deque(maxlen=RATE_WINDOWS)  # answers per second
+        # The limit at which the vendor last refused (429/503/...): the saturated rule below
+        # never jumps past it, as only latency-led growth may probe above a refusal again.
+        self._refused_at = math.inf
 
     async def acquire(self, first: bool = False) -> None:
         """A place under the limit; `first` queues ahead of every waiter (a retry)."""
@@ -171,11 +174,14 @@ class AdaptiveConcurrency:
             if rtt < math.inf:
                 self.baseline_rtt = rtt
             limit, self._probe_restore = self._probe_restore, None
+            self._refused_at = math.inf  # a vendor that recovered gets found again
             if overloaded:
+                self._refused_at = limit
                 limit *= OVERLOAD_BACKOFF
             self._set(limit)
             return
         if overloaded:
+            self._refused_at = limit
             self._cut(limit * OVERLOAD_BACKOFF)
             return
         if rtt == math.inf:
@@ -191,6 +197,8 @@ class AdaptiveConcurrency:
             # rate we manage (BBR's bandwidth-delay product and gain): more only waits in our
             # own queue, fewer leaves the vendor idle.
             wanted = max(SATURATED_FLOOR, 2 * max(self._rates) * self.baseline_rtt)
+            # A vendor that refused at some limit has said more than latency can.
+            wanted = min(wanted, self._refused_at)
             if wanted < limit:
                 self._cut(wanted)
             elif busy:
