@@ -72,6 +72,11 @@ LINK_ORIGIN = "patient link"
 RECORD_ORIGIN = "policy_number"
 
 
+def content_digest(content_json: bytes) -> str:
+    """`Invoice.content_hash` of an invoice whose `content_json` is given."""
+    return hashlib.sha256(content_json).hexdigest()
+
+
 class PolicyCandidate(BaseModel):
     """One policy number an invoice could be billed to, and where it came from (a vendor
     field such as `referenceNumbers[Policy]`, or `LINK_ORIGIN`)."""
@@ -144,14 +149,19 @@ class Invoice(BaseModel):
     items: tuple[LineItem, ...] = ()
     source_updated_at: datetime | None = None
 
+    def content_json(self) -> bytes:
+        """The model's own JSON: every field but the policy's provenance, in declaration order,
+        as pydantic writes it. It is what `content_hash` digests, and what a store writer
+        process is sent (`Invoice.model_validate_json` gives back an equal invoice)."""
+        return self.__pydantic_serializer__.to_json(self)
+
     def content_hash(self) -> str:
         """A digest of everything the source said; equal hashes mean nothing to write.
 
-        The model's own JSON (every field but the policy's provenance, in declaration order) is
-        hashed as pydantic writes it, without a dict in between: half the cost of dump + sorted
-        orjson. A new field, or a new order, changes every hash once, which costs one rewrite
-        per stored record on the next sync (docs/performance.md)."""
-        return hashlib.sha256(self.__pydantic_serializer__.to_json(self)).hexdigest()
+        The JSON is hashed without a dict in between: half the cost of dump + sorted orjson. A
+        new field, or a new order, changes every hash once, which costs one rewrite per stored
+        record on the next sync (docs/performance.md)."""
+        return content_digest(self.content_json())
 
     def to_import_record(self) -> dict[str, Any]:
         """The MediTrak import record, with provenance fields beside the contract's own."""

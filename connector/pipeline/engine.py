@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,13 +29,14 @@ from connector.errors import ConnectorError, RecordError
 from connector.issues import REASON_HELP, Issue, Reason, errors_only
 from connector.logging import RunBinding, bound_run
 from connector.mapping.kit import CategoryRules, MappingContext, SourceMapping
-from connector.model import Invoice
+from connector.model import Invoice, content_digest
 from connector.pipeline.validation import PolicyCheck, normalized, validate_invoice
 from connector.settings import AppConfig, SourceConfig
 from connector.sources.adapter import Adapter, FetchRequest, SourcePage
 from connector.sources.discovery import source_type
 from connector.sources.http import SourceClient
 from connector.store import Accepted, BatchCounts, Rejected, Store
+from connector.store.writer import start_writer
 
 log = structlog.get_logger("connector.pipeline.engine")
 
@@ -172,7 +174,8 @@ class RecordProcessor:
             key = record_key(invoice.id, raw)
             return None, Rejected(key, raw, invoice, issues), invoice.source_updated_at
         final = normalized(invoice)
-        return Accepted(final, final.content_hash()), None, invoice.source_updated_at
+        content = final.content_json()
+        return Accepted(final, content_digest(content), content), None, invoice.source_updated_at
 
     def warnings(self, invoice: Invoice) -> list[Issue]:
         """The warnings validation gives an accepted invoice: a sync keeps only the verdict,
@@ -203,6 +206,22 @@ class Engine:
         self._stop = threading.Event()
         # One asyncio event per run under way, set by `request_stop` to end a page wait.
         self._stop_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        # Started now, while forking may still be safe (`connector.store.writer`); None: the
+        # batches are written by a thread of this process.
+        self.writer = start_writer(config.store.writer, getattr(store, "url", None))
+        if self.writer is not None:
+            weakref.finalize(self, self.writer.close)
+
+    def close(self) -> None:
+        """End the writer process, if there is one (idempotent; also done when collected)."""
+        if self.writer is not None:
+            self.writer.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def request_stop(self) -> None:
         """End every run of this engine after the batch being written (from any thread, or a
@@ -391,7 +410,7 @@ class Engine:
         track_state: bool,
         result: RunResult,
     ) -> tuple[datetime | None, dict[str, Any] | None]:
-        pending: asyncio.Task[BatchCounts] | None = None
+        pending: asyncio.Future[BatchCounts] | None = None
         carry: dict[str, Any] | None = None
         pages = adapter.fetch_pages(request)
         watch = _StopWatch(asyncio.Event())
@@ -427,6 +446,17 @@ class Engine:
                 if result.dry_run:
                     result.would_store += len(batch.accepted)
                     pending = asyncio.create_task(_counted_only(batch))
+                elif self.writer is not None:
+                    # Sent now: the writer process works on it while the next page is mapped.
+                    pending = self.writer.submit(
+                        run_id,
+                        name,
+                        batch.accepted,
+                        batch.rejected,
+                        fetched=batch.fetched,
+                        resume=batch.resume,
+                        track_state=track_state,
+                    )
                 else:
                     pending = asyncio.create_task(
                         asyncio.to_thread(self._write, run_id, name, batch, track_state)

@@ -27,6 +27,9 @@ from connector.store.schema import invoice, invoice_item, quarantine
 class Accepted:
     invoice: Invoice
     content_hash: str
+    # The invoice's `content_json`, when the caller already made it (for the hash): a writer
+    # process is sent these bytes instead of the model (`connector.store.writer`).
+    content_json: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
