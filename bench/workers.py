@@ -10,6 +10,7 @@ memory is never mixed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import sqlite3
@@ -60,7 +61,10 @@ def run_connector(spec: dict[str, Any]) -> dict[str, Any]:
     config = build_config({"store": {"url": str(db)}, "sources": [source]}, env={})
     phases: dict[str, Any] = {}
     with Store(sqlite_url_for(db)) as store:
+        # Built before any thread starts, as the `connector` command builds it: the writer
+        # process is forked here (store.writer: auto).
         engine = Engine(config, store)
+        writer_memory = WriterMemory(engine.writer.pid if engine.writer else None)
         names = ["full", "resync"] if spec.get("resync") else ["full"]
         for phase in names:
             started = time.perf_counter()
@@ -75,7 +79,61 @@ def run_connector(spec: dict[str, Any]) -> dict[str, Any]:
             }
         stored = store.count_invoices()
         quarantined = store.count_quarantined()
-    return {"phases": phases, "stored": stored, "quarantined": quarantined, "rss_mb": peak_rss_mb()}
+        writer = writer_memory.stop()
+        engine.close()
+    rss = peak_rss_mb()
+    return {
+        "phases": phases,
+        "stored": stored,
+        "quarantined": quarantined,
+        "rss_mb": rss,
+        "writer": writer,
+        # What the connector costs the machine: this process, plus the writer's own pages (a
+        # forked writer shares the rest with this process, copy-on-write).
+        "total_mb": rss + (writer["private_mb"] if writer else 0.0),
+    }
+
+
+class WriterMemory:
+    """Samples the writer process's memory every 20 ms: its peak resident set and its peak
+    private part (pages it does not share with this process)."""
+
+    def __init__(self, pid: int | None) -> None:
+        import threading
+
+        self.pid = pid
+        self.rss_mb = self.private_mb = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        if pid is not None:
+            self._thread.start()
+
+    def _read(self) -> None:
+        fields: dict[str, int] = {}
+        with open(f"/proc/{self.pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                name, _, rest = line.partition(":")
+                if rest.strip().endswith("kB"):
+                    fields[name] = int(rest.split()[0])
+        private = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+        self.rss_mb = max(self.rss_mb, fields.get("Rss", 0) / 1024)
+        self.private_mb = max(self.private_mb, private / 1024)
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.02):
+            try:
+                self._read()
+            except (OSError, ValueError):
+                return
+
+    def stop(self) -> dict[str, Any] | None:
+        if self.pid is None:
+            return None
+        self._done.set()
+        self._thread.join()
+        with contextlib.suppress(OSError, ValueError):
+            self._read()
+        return {"rss_mb": self.rss_mb, "private_mb": self.private_mb}
 
 
 _BASELINE_SCHEMA = """

@@ -75,6 +75,11 @@ def test_quick_benchmark_reports_every_figure(tmp_path: Path) -> None:
         assert scenarios[key]["baseline"]["phases"]["full"]["fetched"] == n
         connector = scenarios[key]["connector"]
         assert connector["stored"] + connector["quarantined"] == n
+    # The connector side forks its writer process, and its memory is counted with the rest.
+    for key in ("a", "b", "c", "d_small", "d_large", "e"):
+        connector = scenarios[key]["connector"]
+        assert 0 < connector["writer"]["private_mb"] <= connector["writer"]["rss_mb"]
+        assert connector["total_mb"] == connector["rss_mb"] + connector["writer"]["private_mb"]
     assert set(document["targets"]) >= TARGETS
     for found in document["targets"].values():
         assert {"value", "goal", "met"} <= set(found)

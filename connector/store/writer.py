@@ -271,48 +271,77 @@ def _die_with_parent() -> None:
 
 def serve(url: str, sock: socket.socket, parent_end: int | None) -> None:
     """The child: write each batch the socket brings, answer with its counts or its error; end
-    when the parent closes its end (or dies)."""
+    when the parent closes its end (or dies), or on SIGTERM (after the batch it is writing)."""
     if parent_end is not None:
         os.close(parent_end)
     _die_with_parent()
+    # Ctrl-C reaches the whole process group: the parent decides when writing stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    store: Store | None = None
+    # A forked child would otherwise wake the parent's event loop on a signal of its own.
+    signal.set_wakeup_fd(-1)
+    child = _Child(url, sock)
+    signal.signal(signal.SIGTERM, child.on_sigterm)
     try:
-        while True:
+        child.run()
+    finally:
+        child.close()
+
+
+class _Child:
+    def __init__(self, url: str, sock: socket.socket) -> None:
+        self.url = url
+        self.sock = sock
+        self.store: Store | None = None
+        self.busy = False
+        self.stopping = False
+
+    def on_sigterm(self, _signum: int, _frame: object) -> None:
+        # multiprocessing terminates its daemonic children at exit with SIGTERM: end now when
+        # idle, else once the batch being written is answered.
+        if not self.busy:
+            raise SystemExit(0)
+        self.stopping = True
+
+    def run(self) -> None:
+        while not self.stopping:
             try:
-                header = _read_exactly(sock, _HEADER.size)
-                data = None if header is None else _read_exactly(sock, _HEADER.unpack(header)[0])
+                header = _read_exactly(self.sock, _HEADER.size)
+                size = None if header is None else _HEADER.unpack(header)[0]
+                data = None if size is None else _read_exactly(self.sock, size)
             except OSError:
                 return
             if data is None:
-                return
-            run_id, source, invoices, rejected, fetched, resume, track_state = pickle.loads(data)
-            reply: tuple[Any, ...]
+                return  # the parent closed its end
+            self.busy = True
+            answer = pickle.dumps(self.write(data), protocol=pickle.HIGHEST_PROTOCOL)
             try:
-                if store is None:
-                    store = Store(url, migrate=False)
-                accepted = [
-                    Accepted(Invoice.model_validate_json(content), digest, content)
-                    for content, digest in invoices
-                ]
-                counts = store.write_batch(
-                    run_id,
-                    source,
-                    accepted,
-                    rejected,
-                    fetched=fetched,
-                    resume=resume,
-                    track_state=track_state,
-                )
-                reply = ("ok", counts)
-            except Exception as exc:  # every failure goes back to the run that sent the batch
-                reply = ("error", type(exc).__name__, str(exc))
-            answer = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-            try:
-                sock.sendall(_HEADER.pack(len(answer)) + answer)
+                self.sock.sendall(_HEADER.pack(len(answer)) + answer)
             except OSError:
                 return
-    finally:
-        if store is not None:
-            store.close()
+            self.busy = False
+
+    def write(self, data: bytes) -> tuple[Any, ...]:
+        run_id, source, invoices, rejected, fetched, resume, track_state = pickle.loads(data)
+        try:
+            if self.store is None:
+                self.store = Store(self.url, migrate=False)
+            accepted = [
+                Accepted(Invoice.model_validate_json(content), digest, content)
+                for content, digest in invoices
+            ]
+            counts = self.store.write_batch(
+                run_id,
+                source,
+                accepted,
+                rejected,
+                fetched=fetched,
+                resume=resume,
+                track_state=track_state,
+            )
+        except Exception as exc:  # every failure goes back to the run that sent the batch
+            return ("error", type(exc).__name__, str(exc))
+        return ("ok", counts)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
