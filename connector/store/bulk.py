@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+import orjson
 from sqlalchemy import Connection, Table, delete, insert, select
 
 from connector.issues import Issue
@@ -23,13 +24,48 @@ from connector.store.database import chunks
 from connector.store.schema import invoice, invoice_item, quarantine
 
 
-@dataclass(frozen=True, slots=True)
 class Accepted:
-    invoice: Invoice
-    content_hash: str
-    # The invoice's `content_json`, when the caller already made it (for the hash): a writer
-    # process is sent these bytes instead of the model (`connector.store.writer`).
-    content_json: bytes | None = None
+    """An invoice that passed validation, with its content hash.
+
+    The pipeline makes it from the model (and the model's `content_json`, made for the hash).
+    The writer process makes it from `content_json` and the id alone: the model is then built
+    only if a step needs it (an update, PostgreSQL's insert), and SQLite's insert of a new
+    invoice takes its rows straight from the JSON (`record`), which costs a fifth of
+    rebuilding the model (docs/performance.md, "The writer process")."""
+
+    __slots__ = ("_invoice", "_record", "content_hash", "content_json", "id")
+
+    def __init__(
+        self,
+        invoice: Invoice | None,
+        content_hash: str,
+        content_json: bytes | None = None,
+        *,
+        invoice_id: str | None = None,
+    ) -> None:
+        if invoice is None and (content_json is None or invoice_id is None):
+            raise ValueError("an Accepted without its invoice needs its JSON and its id")
+        self._invoice = invoice
+        self._record: dict[str, Any] | None = None
+        self.content_hash = content_hash
+        self.content_json = content_json
+        self.id: str = invoice.id if invoice is not None else str(invoice_id)
+
+    @property
+    def invoice(self) -> Invoice:
+        if self._invoice is None:
+            assert self.content_json is not None
+            self._invoice = Invoice.model_validate_json(self.content_json)
+        return self._invoice
+
+    def record(self) -> dict[str, Any] | None:
+        """The invoice as its JSON has it, when no model was ever built from it (else None:
+        the model is the source of the row)."""
+        if self._invoice is not None or self.content_json is None:
+            return None
+        if self._record is None:
+            self._record = orjson.loads(self.content_json)
+        return self._record
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +89,8 @@ class BulkPath(Protocol):
         """Insert invoices not stored yet, first seen and written `now`."""
         ...
 
-    def insert_items(self, conn: Connection, invoices: Iterable[Invoice]) -> None:
-        """Insert every item row of `invoices` (whose old items are already deleted)."""
+    def insert_items(self, conn: Connection, accepted: Iterable[Accepted]) -> None:
+        """Insert every item row of `accepted` (whose old items are already deleted)."""
         ...
 
     def release_quarantined(self, conn: Connection, source: str, keys: Sequence[str]) -> int:
@@ -159,8 +195,8 @@ class CoreBulk:
         rows = [invoice_values(a, run_id, now) | {"first_seen_at": now} for a in new]
         insert_many(conn, invoice, rows)
 
-    def insert_items(self, conn: Connection, invoices: Iterable[Invoice]) -> None:
-        rows = [row for inv in invoices for row in item_values(inv)]
+    def insert_items(self, conn: Connection, accepted: Iterable[Accepted]) -> None:
+        rows = [row for a in accepted for row in item_values(a.invoice)]
         if rows:
             insert_many(conn, invoice_item, rows)
 

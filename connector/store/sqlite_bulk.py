@@ -93,8 +93,24 @@ def sqlite_date(value: date | None) -> str | None:
     return f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
 
 
+def sqlite_datetime_of_json(value: str | None) -> str | None:
+    """`sqlite_datetime` of a timestamp as pydantic's JSON writes an aware UTC one
+    ("2026-01-03T04:05:06Z", "….789000Z"); any other spelling goes the long way."""
+    if value is None:
+        return None
+    if value[-1:] == "Z" and value[10:11] == "T":
+        if len(value) == 20:
+            return f"{value[:10]} {value[11:19]}.000000"
+        if len(value) == 27 and value[19] == ".":
+            return f"{value[:10]} {value[11:26]}"
+    return sqlite_datetime(datetime.fromisoformat(value))
+
+
 def invoice_tuple(a: Accepted, run_id: int, now_text: str | None) -> tuple[Any, ...]:
     """A new invoice's row in `INVOICE_COLUMNS` order (first seen and written now)."""
+    record = a.record()
+    if record is not None:
+        return _invoice_tuple_of_json(record, a.content_hash, run_id, now_text)
     inv = a.invoice
     patient = inv.patient
     total = inv.total_amount
@@ -119,6 +135,57 @@ def invoice_tuple(a: Accepted, run_id: int, now_text: str | None) -> tuple[Any, 
         now_text,
         run_id,
     )
+
+
+def _invoice_tuple_of_json(
+    record: dict[str, Any], content_hash: str, run_id: int, now_text: str | None
+) -> tuple[Any, ...]:
+    """`invoice_tuple` from the invoice's JSON: decimals and dates are already the text SQLite
+    keeps (pydantic writes a Decimal as `str()` does, a date as `isoformat()`)."""
+    patient = record["patient"]
+    return (
+        record["source"],
+        record["id"],
+        record["invoice_number"],
+        record["invoice_date"],
+        record["total_amount"],
+        record["paid_amount"],
+        record["currency"],
+        record["status"],
+        record["source_status"],
+        record["facility"],
+        patient["name"],
+        patient["policy_number"],
+        patient["source_ref"],
+        sqlite_datetime_of_json(record["source_updated_at"]),
+        content_hash,
+        now_text,
+        now_text,
+        run_id,
+    )
+
+
+def accepted_item_tuples(a: Accepted) -> Iterable[tuple[Any, ...]]:
+    """`item_tuples` of an accepted invoice, from its JSON when no model was built."""
+    record = a.record()
+    if record is None:
+        return item_tuples(a.invoice)
+    source, source_id = record["source"], record["id"]
+    return [
+        (
+            source,
+            source_id,
+            line_no,
+            item["category"],
+            item["description"],
+            item["quantity"],
+            item["unit_price"],
+            item["total"],
+            item["source_category"],
+            item["category_rule"],
+        )
+        for line_no, item in enumerate(record["items"], start=1)
+    ]
 
 
 def item_tuples(inv: Invoice) -> Iterable[tuple[Any, ...]]:
@@ -163,8 +230,8 @@ class SqliteBulk:
         now_text = sqlite_datetime(now)
         conn.exec_driver_sql(_INVOICE_INSERT, [invoice_tuple(a, run_id, now_text) for a in new])
 
-    def insert_items(self, conn: Connection, invoices: Iterable[Invoice]) -> None:
-        rows = [row for inv in invoices for row in item_tuples(inv)]
+    def insert_items(self, conn: Connection, accepted: Iterable[Accepted]) -> None:
+        rows = [row for a in accepted for row in accepted_item_tuples(a)]
         if rows:
             conn.exec_driver_sql(_ITEM_INSERT, rows)
 

@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from connector.errors import LockLost, StoreError, StoreUnreachable
-from connector.model import Invoice
 from connector.store.bulk import Accepted, Rejected
 from connector.store.runs import BatchCounts
 from connector.store.store import Store
@@ -136,7 +135,7 @@ class WriterProcess:
         if self._broken is not None:
             future.set_exception(StoreError(self._broken))
             return future
-        invoices = [(_content(a), a.content_hash) for a in accepted]
+        invoices = [(a.id, _content(a), a.content_hash) for a in accepted]
         message = (run_id, source, invoices, list(rejected), fetched, resume, track_state)
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         self._queue.append((_HEADER.pack(len(data)) + data, future))
@@ -326,8 +325,8 @@ class _Child:
             if self.store is None:
                 self.store = Store(self.url, migrate=False)
             accepted = [
-                Accepted(Invoice.model_validate_json(content), digest, content)
-                for content, digest in invoices
+                Accepted(None, digest, content, invoice_id=invoice_id)
+                for invoice_id, content, digest in invoices
             ]
             counts = self.store.write_batch(
                 run_id,

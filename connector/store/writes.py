@@ -124,7 +124,7 @@ def _upsert_invoices(
         return
     bulk = _BULK_PATHS.get(conn.dialect.name, _PORTABLE)
     # The last copy of an id within one batch wins, as it would across batches.
-    by_id = {a.invoice.id: a for a in accepted}
+    by_id = {a.id: a for a in accepted}
     ids = list(by_id)
     known = bulk.known_hashes(conn, source, ids)
     new = [by_id[i] for i in ids if i not in known]
@@ -140,13 +140,13 @@ def _upsert_invoices(
             _INVOICE_UPDATE,
             [_keyed(invoice_values(a, run_id, now), _INVOICE_KEY) for a in changed],
         )
-        for chunk in chunks([a.invoice.id for a in changed]):
+        for chunk in chunks([a.id for a in changed]):
             conn.execute(
                 delete(invoice_item).where(
                     invoice_item.c.source == source, invoice_item.c.source_id.in_(chunk)
                 )
             )
-    bulk.insert_items(conn, (a.invoice for a in (*new, *changed)))
+    bulk.insert_items(conn, (*new, *changed))
     counts.released += bulk.release_quarantined(conn, source, ids)
 
 
