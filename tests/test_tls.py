@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import os
+import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typer.testing import CliRunner
 from connector.config import AppConfig, HttpSettings, build_config
 from connector.sandbox import SandboxOptions, SandboxServer
 from connector.sources.http import CertificateRejected, SourceClient, verified_tls_context
+from connector.sources.tls import tls_context_for
 from connector.store import Store
 from connector.validate import ValidateOptions, validate_source
 from tests.conftest import FAST_HTTP, seed_registry, sources_for, write_config
@@ -385,3 +387,22 @@ def test_the_ca_bundle_adds_to_the_default_store(pki: Pki) -> None:
     assert {"commonName": "Clinic Vendor Test CA"} in subjects
     for context in (verified_tls_context(), verified_tls_context(str(pki.ca_file))):
         assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_a_plain_http_client_gets_a_context_that_trusts_nothing(pki: Pki) -> None:
+    # Links may only keep the base URL's scheme and host, so a plain-HTTP client never makes
+    # a handshake; it is spared the verifying context's build, never given an unchecked one.
+    plain = tls_context_for("http://127.0.0.1:8080/api/")
+    assert plain.verify_mode == ssl.CERT_REQUIRED and plain.check_hostname
+    assert plain.get_ca_certs() == []
+    assert tls_context_for("https://vendor.example/api/") is verified_tls_context()
+    assert tls_context_for("HTTPS://vendor.example/") is verified_tls_context()
+    assert tls_context_for("http://h/", str(pki.ca_file)) is verified_tls_context(str(pki.ca_file))
+    # Were it ever used for a handshake, it would refuse the certificate.
+    with tls_sandbox(pki.server_context("127.0.0.1")) as server:
+        host, port = "127.0.0.1", int(server.api_url(DIALECT).split(":")[2].split("/")[0])
+        with (
+            socket.create_connection((host, port), timeout=10) as raw,
+            pytest.raises(ssl.SSLCertVerificationError),
+        ):
+            plain.wrap_socket(raw, server_hostname=host)

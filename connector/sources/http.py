@@ -52,6 +52,9 @@ from connector.sources.tls import (
     describe_certificate_error as describe_certificate_error,
 )
 from connector.sources.tls import (
+    tls_context_for,
+)
+from connector.sources.tls import (
     verified_tls_context as verified_tls_context,
 )
 from connector.sources.urls import joined_url
@@ -247,7 +250,7 @@ class SourceClient:
         limits = httpx.Limits(
             max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency
         )
-        tls = verified_tls_context(settings.ca_bundle)
+        tls = tls_context_for(base_url, settings.ca_bundle)
         if transport is None and settings.transport == "aiohttp":
             transport = CountedAiohttpTransport(verify=tls, limits=limits)
         self._client = httpx.AsyncClient(
