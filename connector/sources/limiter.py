@@ -8,8 +8,9 @@ one round trip (`limit` completed requests), the window's mean round trip is com
 fastest window seen without queueing (the baseline). A vendor that answers as fast as ever
 (within `RTT_TOLERANCE`) gets `sqrt(limit)` more requests; one whose answers take `g` times
 longer is asked for about `limit / g` (plus the same small queue), so a vendor that serves only
-K at once holds the limit near K. Until the first cut the limit doubles instead, as TCP's
-slow start does: a short sync must not spend itself climbing. A 429, 503, 504 or timeout in a
+K at once holds the limit near K. Until the first cut the limit grows by one per answer that
+comes as fast as the fastest yet (doubling every round trip), as TCP's slow start does: a short
+sync must not spend itself climbing. A 429, 503, 504 or timeout in a
 window cuts the limit by a quarter at once (once per round trip). Retries queue ahead. The
 baseline is measured again every `PROBE_EVERY` windows at half the limit, so a vendor that
 became slower for good (not from our load) is not mistaken for one we overload forever. When
@@ -39,6 +40,10 @@ MIN_GRADIENT = 0.5
 # jitter without any queue at the vendor. Gradient2's default is 1.5; a vendor's queue shows
 # earlier here, for a limit nearer its capacity.
 RTT_TOLERANCE = 1.1
+# In slow start, an answer this much slower than the fastest one yet no longer grows the
+# limit (a single answer is noisier than a window's mean, hence Gradient2's default tolerance
+# rather than `RTT_TOLERANCE`).
+SLOW_START_TOLERANCE = 1.5
 # Windows between two measurements of the baseline at half the limit.
 PROBE_EVERY = 100
 # The share of a window our event loop's thread ran or waited for a CPU, above which it is the
@@ -98,6 +103,7 @@ class AdaptiveConcurrency:
         self._ignore = 0
         self._probe_restore: float | None = None
         self._slow_start = adaptive
+        self._fastest_rtt = math.inf  # the fastest single answer: slow start's yardstick
         self._rates: deque[float] = deque(maxlen=RATE_WINDOWS)  # answers per second
         # The limit at which the vendor last refused (429/503/...): the saturated rule below
         # never jumps past it, as only latency-led growth may probe above a refusal again.
@@ -138,6 +144,8 @@ class AdaptiveConcurrency:
                 elif rtt is not None:
                     self._window_rtt += rtt
                     self._timed += 1
+                    if self._slow_start:
+                        self._grow_per_answer(rtt)
                 self._samples += 1
                 # An overload closes the window at once: the cut must not wait for `limit`
                 # more answers (the answers still out are then ignored, one cut per round trip).
@@ -145,6 +153,14 @@ class AdaptiveConcurrency:
                     self._close_window()
         if self._waiters:
             self._wake()
+
+    def _grow_per_answer(self, rtt: float) -> None:
+        """Slow start as TCP's: one more request in flight per answer as fast as the fastest
+        yet, so the limit doubles every round trip without waiting for a window to close."""
+        if rtt < self._fastest_rtt:
+            self._fastest_rtt = rtt
+        if self._busy and rtt <= SLOW_START_TOLERANCE * self._fastest_rtt:
+            self._set(self._limit + 1)
 
     def _wake(self) -> None:
         while self._waiters and self.in_flight < self.limit:
@@ -209,9 +225,7 @@ class AdaptiveConcurrency:
         if wanted > limit and not busy:
             return  # the source did not use the limit it has: no evidence that more helps
         if self._slow_start and gradient == 1.0:
-            self._set(2 * limit)
-            # The next answers were sent under the old limit: judge the new one by its own.
-            self._ignore = self.in_flight
+            return  # growing per answer (`_grow_per_answer`)
         elif wanted < limit:
             self._cut(wanted)
         else:
