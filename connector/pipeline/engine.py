@@ -446,21 +446,8 @@ class Engine:
                 if result.dry_run:
                     result.would_store += len(batch.accepted)
                     pending = asyncio.create_task(_counted_only(batch))
-                elif self.writer is not None:
-                    # Sent now: the writer process works on it while the next page is mapped.
-                    pending = self.writer.submit(
-                        run_id,
-                        name,
-                        batch.accepted,
-                        batch.rejected,
-                        fetched=batch.fetched,
-                        resume=batch.resume,
-                        track_state=track_state,
-                    )
                 else:
-                    pending = asyncio.create_task(
-                        asyncio.to_thread(self._write, run_id, name, batch, track_state)
-                    )
+                    pending = self._write(run_id, name, batch, track_state)
             if pending is not None:
                 result.counts.add(await pending)
                 pending = None
@@ -501,16 +488,20 @@ class Engine:
         finally:
             watch.fetching = False
 
-    def _write(self, run_id: int, name: str, batch: Batch, track_state: bool) -> BatchCounts:
-        return self.store.write_batch(
-            run_id,
-            name,
-            batch.accepted,
-            batch.rejected,
-            fetched=batch.fetched,
-            resume=batch.resume,
-            track_state=track_state,
-        )
+    def _write(
+        self, run_id: int, name: str, batch: Batch, track_state: bool
+    ) -> asyncio.Future[BatchCounts]:
+        """The batch's write, under way while the next page is mapped: sent to the writer
+        process at once, or run by a thread of this process."""
+        args = (run_id, name, batch.accepted, batch.rejected)
+        options: dict[str, Any] = {
+            "fetched": batch.fetched,
+            "resume": batch.resume,
+            "track_state": track_state,
+        }
+        if self.writer is not None:
+            return self.writer.submit(*args, **options)
+        return asyncio.ensure_future(asyncio.to_thread(self.store.write_batch, *args, **options))
 
     def _after_batch(self) -> None:
         self._batches_written += 1
