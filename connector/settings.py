@@ -241,7 +241,7 @@ class StoreSettings(BaseModel):
     # A SQLite file path (relative: to the config file's directory), or any SQLAlchemy URL
     # (postgresql+psycopg://...), used as written.
     url: str = Field("./connector.db", validate_default=True)
-    # Who writes the batches (docs/performance.md, "The writer process"): `process`, a child
+    # Who writes the batches (docs/performance.md, "Issue 19, session 5"): `process`, a child
     # process with its own connection; `thread`, a thread of the connector's own process;
     # `auto`, a forked child where forking is safe (a process without threads when the engine
     # is built: the `connector` command), else the thread.

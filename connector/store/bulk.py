@@ -31,7 +31,7 @@ class Accepted:
     The writer process makes it from `content_json` and the id alone: the model is then built
     only if a step needs it (an update, PostgreSQL's insert), and SQLite's insert of a new
     invoice takes its rows straight from the JSON (`record`), which costs a fifth of
-    rebuilding the model (docs/performance.md, "The writer process")."""
+    rebuilding the model (docs/performance.md, "Issue 19, session 5")."""
 
     __slots__ = ("_invoice", "_record", "content_hash", "content_json", "id")
 

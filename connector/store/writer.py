@@ -1,7 +1,7 @@
 """The batch writer in a process of its own (`store.writer`): a child process with its own
 connection rebuilds each accepted invoice from its JSON and runs `Store.write_batch`, so the
 row building and the SQL run on the other core instead of competing with the event loop for
-the GIL (docs/performance.md, "The writer process").
+the GIL (docs/performance.md, "Issue 19, session 5").
 
 Nothing about a batch changes: the child runs the same `write_batch` in one transaction with
 the batch's checkpoint and the fence check, and answers with its counts; batches are written
