@@ -28,6 +28,9 @@ EXPIRY_MARGIN_S = 60.0
 class BearerKey(httpx.Auth):
     """A static API key sent as `Authorization: Bearer <key>`."""
 
+    # One request, and the answer is never needed: `SourceClient` may skip httpx's auth layer.
+    single_request = True
+
     def __init__(self, key: SecretStr) -> None:
         self._key = key
 

@@ -38,6 +38,7 @@ from connector.errors import (
 from connector.issues import Reason
 from connector.settings import HttpSettings
 from connector.sources.bodies import decode_json, describe_json_error
+from connector.sources.lean import open_stream
 from connector.sources.limiter import AdaptiveConcurrency
 from connector.sources.retry import RETRIED, RetryPolicy
 
@@ -269,6 +270,8 @@ class SourceClient:
         )
         # httpx's `cookies` setter copies into a plain jar, so the cheaper one is set directly.
         self._client._cookies = _SetCookieCookies(self._client.cookies)
+        # Around httpx's send layers when nothing in them is needed (`connector.sources.lean`).
+        self._lean = auth is None or getattr(auth, "single_request", False) is True
 
     def limit_rate(self, per_window: int, window_s: float) -> None:
         """At most `per_window` request starts in any `window_s` seconds, in place of the
@@ -421,7 +424,9 @@ class SourceClient:
             async with (
                 self._slot(timed=True, retry=_retry) as answer,
                 self.deadline(),
-                self._client.stream(method, joined_url(self.base_url, url), **kwargs) as response,
+                open_stream(
+                    self._client, self._lean, method, joined_url(self.base_url, url), kwargs
+                ) as response,
             ):
                 answer.status = response.status_code
                 body = await self.read_body(response)
