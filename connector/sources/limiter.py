@@ -90,6 +90,8 @@ class AdaptiveConcurrency:
         self.in_flight = 0
         self.baseline_rtt = math.inf  # seconds: the fastest window's mean round trip
         self.windows = 0  # windows closed so far (how often the limit was reconsidered)
+        # Windows in which our own loop was the bottleneck (the `SATURATED` rule held the limit).
+        self.saturated_windows = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         # The current window.
         self._samples = 0
@@ -209,6 +211,7 @@ class AdaptiveConcurrency:
             self._cut(limit / 2)
             return
         if saturated:
+            self.saturated_windows += 1
             # Latency says nothing now. Keep twice what the vendor needs to stay busy at the
             # rate we manage (BBR's bandwidth-delay product and gain): more only waits in our
             # own queue, fewer leaves the vendor idle.
