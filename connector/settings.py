@@ -235,6 +235,10 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
+# Who writes a store's batches (`store.writer`, connector/store/writer.py).
+WriterMode = Literal["auto", "thread", "process"]
+
+
 class StoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -245,7 +249,7 @@ class StoreSettings(BaseModel):
     # process with its own connection; `thread`, a thread of the connector's own process;
     # `auto`, a forked child where forking is safe (a process without threads when the engine
     # is built: the `connector` command), else the thread.
-    writer: Literal["auto", "thread", "process"] = "auto"
+    writer: WriterMode = "auto"
 
     @field_validator("url")
     @classmethod

@@ -53,8 +53,7 @@ def tls_context_for(base_url: str, ca_bundle: str | None = None) -> ssl.SSLConte
 
 @lru_cache(maxsize=1)
 def _trusting_nothing() -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, host names checked
-    return context
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, host names checked
 
 
 class CertificateRejected(SourceError):

@@ -1,21 +1,21 @@
 """The batch writer in a process of its own (`store.writer`): a child process with its own
-connection rebuilds each accepted invoice from its JSON and runs `Store.write_batch`, so the
-row building and the SQL run on the other core instead of competing with the event loop for
-the GIL (docs/performance.md, "Issue 19, session 5").
+connection runs `Store.write_batch`, so the row building and the SQL run on the other core
+instead of competing with the event loop for the GIL (docs/performance.md, "Issue 19,
+session 5").
 
 Nothing about a batch changes: the child runs the same `write_batch` in one transaction with
 the batch's checkpoint and the fence check, and answers with its counts; batches are written
 one at a time, in order. The parent sends each accepted invoice as the `content_json` it
-already made for the hash (`Invoice.model_validate_json` gives back an equal invoice) and the
-rejects as they are.
+already made for the hash, and the rejects as they are; the child builds an invoice's model
+only where a step needs it (`Accepted`).
 
-When the child is forked, it shares the parent's imported modules copy-on-write (about 15 MB
-of its own instead of the 56 MB a fresh interpreter with the store loaded takes). Forking is
-only safe while the process has no other thread, which is why the writer is started when the
-engine is built, not when a run first needs it. The child dies with its parent (a SIGKILL of
-the connector leaves no writer behind to finish a batch), ignores SIGINT and SIGTERM (the
-parent decides when writing stops: a batch being written is always finished), and ends when
-its pipe closes.
+When the child is forked, it shares the parent's imported modules copy-on-write (20-33 MB of
+its own in the benchmark, instead of the 56 MB a fresh interpreter with the store loaded
+takes). Forking is only safe while the process has no other thread, which is why the writer is
+started when the engine is built, not when a run first needs it. The child dies with its
+parent (a SIGKILL of the connector leaves no writer behind to finish a batch), ignores SIGINT
+(the parent decides when writing stops: a batch being written is always finished), ends on
+SIGTERM once idle, and ends when the parent closes its end of the socket.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from connector.errors import LockLost, StoreError, StoreUnreachable
+from connector.settings import WriterMode
 from connector.store.bulk import Accepted, Rejected
 from connector.store.runs import BatchCounts
 from connector.store.store import Store
 
-WriterMode = Literal["auto", "thread", "process"]
 # Errors the child reports by name, raised again in the parent as the same class (the engine
 # and the daemon tell a lost lock and an unreachable database from other store failures).
 _STORE_ERRORS: dict[str, type[StoreError]] = {
