@@ -27,6 +27,7 @@ from tests.conftest import FAST_HTTP, seed_registry, sources_for, write_config
 from tests.daemon_helpers import ConnectorProcess, connector_processes, terminate, wait_for
 from tests.test_daemon_shutdown import assert_only_json
 from tests.test_serve_kit import ALL_KEY, consumers
+from tests.test_webhooks import offline_webhook_source
 
 POLLED = ("meditrak", "meditrak_import")
 PUSHED = "bio_ecko"
@@ -328,15 +329,7 @@ def test_the_daemon_listens_with_serve_tls_only_when_it_serves_the_api(tmp_path:
 def test_the_webhook_worker_gets_the_daemon_shutdown_timeout_to_finish(tmp_path: Path) -> None:
     url = sqlite_url_for(tmp_path / "store.db")
     Store(url).close()  # created and migrated, as a first sync leaves it
-    source = {
-        "name": PUSHED,
-        "type": "bio_ecko",
-        "base_url": "http://127.0.0.1:9/api/v1/",
-        "allow_insecure_http": True,
-        "client_id": "unused",
-        "client_secret": "unused",
-        "webhook_secret": SECRET,
-    }
+    source = offline_webhook_source(PUSHED, SECRET)
     raw = {
         "store": {"url": url},
         "daemon": {"health_port": 0, "serve_api": True, "shutdown_timeout": "7s"},

@@ -319,17 +319,21 @@ def test_no_secret_or_patient_data_in_the_log(tmp_path: Any) -> None:
     assert names not in log and policies not in log
 
 
-def _webhook_config(store_url: str) -> AppConfig:
-    source = {
-        "name": SOURCE,
+def offline_webhook_source(name: str, secret: str) -> dict[str, Any]:
+    """A Bio Ecko source that only takes webhooks: its API (port 9, discard) is never reached."""
+    return {
+        "name": name,
         "type": "bio_ecko",
         "base_url": "http://127.0.0.1:9/api/v1/",
         "allow_insecure_http": True,
         "client_id": "unused",
         "client_secret": "unused",
-        "webhook_secret": SECRET,
+        "webhook_secret": secret,
     }
-    raw = {"store": {"url": store_url}, "sources": [source]}
+
+
+def _webhook_config(store_url: str) -> AppConfig:
+    raw = {"store": {"url": store_url}, "sources": [offline_webhook_source(SOURCE, SECRET)]}
     return build_config(raw, env={})
 
 
